@@ -1,0 +1,332 @@
+"""The Binance market-stream protocol without I/O: stream names and URLs, frames parsed into events.
+
+Spec: binance-spot-api-docs, web-socket-streams.md ("General WSS information", "Live Subscribing",
+"Trade Streams", "Aggregate Trade Streams", "Server Shutdown") and rest-api.md ("Old trade lookup",
+"Compressed/Aggregate trades list").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Final, NamedTuple
+from urllib.parse import quote
+
+import orjson
+
+from streams.binance.errors import InvalidStreamName, ParseError
+
+TRADE: Final = "trade"
+AGG_TRADE: Final = "aggTrade"
+CHANNELS: Final = (TRADE, AGG_TRADE)
+
+# Symbols are upper-case letters and digits on the exchange; stream names carry them lower case.
+_SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9]{2,20}")
+# A frame of trades is ~200 bytes and a LIST_SUBSCRIPTIONS reply for 1024 streams ~30 KiB.
+MAX_FRAME_BYTES: Final = 1 << 20
+# Timestamps at or above this are microseconds (timeUnit=MICROSECOND); below, milliseconds.
+_MICROSECOND_THRESHOLD: Final = 10**14
+_MAX_TIMESTAMP: Final = 10**17
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def datetime_from_exchange(timestamp: int) -> datetime:
+    """A UTC datetime from an exchange timestamp in milliseconds or microseconds (told by magnitude)."""
+    if timestamp >= _MICROSECOND_THRESHOLD:
+        return _EPOCH + timedelta(microseconds=timestamp)
+    return _EPOCH + timedelta(milliseconds=timestamp)
+
+
+class Trade(NamedTuple):
+    """One trade (channel `trade`) or aggregate trade (channel `aggTrade`), as the exchange reported it.
+
+    Immutable. Prices and quantities are kept as the exchange's exact decimal text (validated as
+    such) and times as its integers; `price`, `quantity` and the datetimes are computed when asked.
+    Storage and broadcast want the text anyway, so parsing does no work a consumer may not need.
+    `event_ts` equals `trade_ts` for trades that came from the REST API, which has no event time.
+    """
+
+    symbol: str
+    channel: str
+    trade_id: int
+    price_text: str
+    quantity_text: str
+    trade_ts: int
+    event_ts: int
+    is_buyer_maker: bool
+    first_trade_id: int | None = None
+    last_trade_id: int | None = None
+
+    @property
+    def price(self) -> Decimal:
+        return Decimal(self.price_text)
+
+    @property
+    def quantity(self) -> Decimal:
+        return Decimal(self.quantity_text)
+
+    @property
+    def trade_time(self) -> datetime:
+        return datetime_from_exchange(self.trade_ts)
+
+    @property
+    def event_time(self) -> datetime:
+        return datetime_from_exchange(self.event_ts)
+
+    @property
+    def stream(self) -> str:
+        return f"{self.symbol.lower()}@{self.channel}"
+
+    def as_record(self) -> dict[str, Any]:
+        """The seed's field names, with exact decimal strings and ISO 8601 UTC times."""
+        return {
+            "ticker_symbol": self.symbol,
+            "price": self.price_text,
+            "volume": self.quantity_text,
+            "trade_id": self.trade_id,
+            "trade_time": self.trade_time.isoformat(),
+            "event_time": self.event_time.isoformat(),
+            "is_market_maker": self.is_buyer_maker,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to a SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / ... request."""
+
+    id: int | str | None
+    result: Any = None
+    error_code: int | None = None
+    error_message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerShutdown:
+    """The `serverShutdown` notice: the server is about to close; reconnect now."""
+
+    event_ts: int
+
+
+Event = Trade | Reply | ServerShutdown
+
+
+# --- Stream names and URLs --------------------------------------------------------------------------
+
+
+def normalize_symbol(symbol: str) -> str:
+    """The exchange's upper-case symbol, or InvalidStreamName naming what is wrong."""
+    if not isinstance(symbol, str) or not _SYMBOL_RE.fullmatch(symbol):
+        raise InvalidStreamName(f"invalid symbol {symbol!r}: expected 2-20 letters or digits, like BTCUSDT")
+    return symbol.upper()
+
+
+def normalize_channel(channel: str) -> str:
+    """`trade` or `aggTrade` (case-insensitive on input), or InvalidStreamName."""
+    for known in CHANNELS:
+        if isinstance(channel, str) and channel.lower() == known.lower():
+            return known
+    raise InvalidStreamName(f"invalid channel {channel!r}: expected one of {', '.join(CHANNELS)}")
+
+
+def stream_name(symbol: str, channel: str) -> str:
+    """`btcusdt@trade`: stream names are lower case (spec: "All symbols for streams are lowercase")."""
+    return f"{normalize_symbol(symbol).lower()}@{normalize_channel(channel)}"
+
+
+def split_stream_name(name: str) -> tuple[str, str]:
+    """(SYMBOL, channel) from `btcusdt@trade`, or InvalidStreamName."""
+    symbol, sep, channel = name.partition("@")
+    if not sep or symbol != symbol.lower() or channel not in CHANNELS:
+        raise InvalidStreamName(f"invalid stream name {name!r}: expected <lowercase symbol>@trade|aggTrade")
+    return normalize_symbol(symbol), channel
+
+
+def raw_stream_url(base_url: str, stream: str) -> str:
+    """`<base>/ws/<stream>`: one stream, payloads unwrapped."""
+    return f"{base_url.rstrip('/')}/ws/{quote(stream, safe='@')}"
+
+
+def combined_stream_url(base_url: str, streams: Sequence[str]) -> str:
+    """`<base>/stream?streams=a/b`: payloads wrapped as {"stream": .., "data": ..}."""
+    if not streams:
+        raise InvalidStreamName("a combined stream needs at least one stream name")
+    if len(streams) > MAX_STREAMS_PER_CONNECTION:
+        raise InvalidStreamName(
+            f"{len(streams)} streams on one connection; the exchange allows {MAX_STREAMS_PER_CONNECTION}"
+        )
+    return f"{base_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
+
+
+MAX_STREAMS_PER_CONNECTION: Final = 1024
+
+
+# --- Requests ---------------------------------------------------------------------------------------
+
+
+def subscribe_request(streams: Iterable[str], request_id: int) -> bytes:
+    return orjson.dumps({"method": "SUBSCRIBE", "params": list(streams), "id": request_id})
+
+
+def unsubscribe_request(streams: Iterable[str], request_id: int) -> bytes:
+    return orjson.dumps({"method": "UNSUBSCRIBE", "params": list(streams), "id": request_id})
+
+
+def list_subscriptions_request(request_id: int) -> bytes:
+    return orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": request_id})
+
+
+# --- Parsing ----------------------------------------------------------------------------------------
+
+_loads = orjson.loads
+_PARSE_FAILURES = (KeyError, TypeError, ValueError, ArithmeticError, AttributeError)
+
+
+def parse_frame(frame: str | bytes) -> Event:
+    """Parse one WebSocket frame (raw or combined-wrapped) into an event; ParseError for anything else."""
+    if type(frame) is not str:
+        raise ParseError("binary frame (the exchange sends text frames)", frame[:200])
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ParseError(f"oversized frame of {len(frame)} characters", frame[:200])
+    try:
+        message = _loads(frame)
+    except orjson.JSONDecodeError:
+        raise ParseError("not JSON", frame[:200]) from None
+    try:
+        return parse_message(message)
+    except ParseError as exc:
+        exc.frame = frame[:200]
+        raise
+
+
+def parse_message(message: Any) -> Event:
+    """Parse a decoded JSON message into an event; ParseError for anything else."""
+    if type(message) is not dict:
+        raise ParseError(f"expected a JSON object, got {type(message).__name__}")
+    if "stream" in message:
+        message = message.get("data")
+        if type(message) is not dict:
+            raise ParseError("combined-stream 'data' is not an object")
+    kind = message.get("e")
+    try:
+        if kind == TRADE:
+            return _trade_from_ws(message)
+        if kind == AGG_TRADE:
+            return _agg_trade_from_ws(message)
+        if kind == "serverShutdown":
+            return ServerShutdown(_timestamp(message["E"]))
+    except _PARSE_FAILURES as exc:
+        raise ParseError(f"bad {kind} event: {type(exc).__name__}: {exc}") from None
+    if kind is None and "id" in message:
+        return _reply(message)
+    raise ParseError(f"unknown event type {kind!r}")
+
+
+def _trade_from_ws(m: dict[str, Any]) -> Trade:
+    # The hot path: one chain of cheap checks, no helper calls; on failure the helpers say why.
+    s, t, p, q, ts, es, mk = m["s"], m["t"], m["p"], m["q"], m["T"], m["E"], m["m"]
+    if (
+        type(t) is int and type(ts) is int and type(es) is int and type(mk) is bool
+        and type(s) is str and type(p) is str and type(q) is str
+        and t >= 0 and 0 <= ts < _MAX_TIMESTAMP and 0 <= es < _MAX_TIMESTAMP
+        and s.isalnum() and p.isascii() and q.isascii()
+        and p.replace(".", "", 1).isdigit() and q.replace(".", "", 1).isdigit()
+    ):
+        return Trade(s.upper(), TRADE, t, p, q, ts, es, mk)
+    return Trade(
+        _symbol(s), TRADE, _identifier(t), _decimal(p), _decimal(q), _timestamp(ts), _timestamp(es),
+        _boolean(mk),
+    )
+
+
+def _agg_trade_from_ws(m: dict[str, Any]) -> Trade:
+    first, last = _identifier(m["f"]), _identifier(m["l"])
+    if last < first:
+        raise ValueError(f"last trade id {last} before first {first}")
+    return Trade(
+        _symbol(m["s"]),
+        AGG_TRADE,
+        _identifier(m["a"]),
+        _decimal(m["p"]),
+        _decimal(m["q"]),
+        _timestamp(m["T"]),
+        _timestamp(m["E"]),
+        _boolean(m["m"]),
+        first,
+        last,
+    )
+
+
+def trade_from_rest(symbol: str, channel: str, row: Mapping[str, Any]) -> Trade:
+    """A trade from a `historicalTrades` / `trades` row or an `aggTrades` row; ParseError if malformed."""
+    try:
+        if channel == TRADE:
+            ts = _timestamp(row["time"])
+            return Trade(
+                symbol, TRADE, _identifier(row["id"]), _decimal(row["price"]), _decimal(row["qty"]),
+                ts, ts, _boolean(row["isBuyerMaker"]),
+            )
+        ts = _timestamp(row["T"])
+        first, last = _identifier(row["f"]), _identifier(row["l"])
+        return Trade(
+            symbol, AGG_TRADE, _identifier(row["a"]), _decimal(row["p"]), _decimal(row["q"]),
+            ts, ts, _boolean(row["m"]), first, last,
+        )
+    except _PARSE_FAILURES as exc:
+        raise ParseError(f"bad REST {channel} row: {type(exc).__name__}: {exc}") from None
+
+
+def _reply(m: dict[str, Any]) -> Reply:
+    request_id = m["id"]
+    if request_id is not None and type(request_id) not in (int, str):
+        raise ParseError("reply id is neither an integer, a string nor null")
+    error = m.get("error")
+    if isinstance(error, dict):  # {"error": {"code": 2, "msg": "..."}, "id": 1}
+        return Reply(request_id, None, _error_code(error.get("code")), str(error.get("msg")))
+    if "code" in m:  # {"code": 0, "msg": "Unknown property", "id": 1}
+        return Reply(request_id, None, _error_code(m.get("code")), str(m.get("msg")))
+    if "result" not in m:
+        raise ParseError("reply without result or error")
+    return Reply(request_id, m["result"])
+
+
+def _error_code(code: Any) -> int:
+    return code if type(code) is int else -1
+
+
+def _symbol(value: Any) -> str:
+    if type(value) is not str or not value.isalnum():
+        raise TypeError(f"symbol {value!r} is not alphanumeric text")
+    return value.upper()
+
+
+def _identifier(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise TypeError(f"id {value!r} is not a non-negative integer")
+    return value
+
+
+def _timestamp(value: Any) -> int:
+    if type(value) is not int or not 0 <= value < _MAX_TIMESTAMP:
+        raise TypeError(f"timestamp {value!r} is not an integer in range")
+    return value
+
+
+def _decimal(value: Any) -> str:
+    # Plain ASCII digits with at most one point: what the exchange sends, and nothing Decimal() would
+    # read differently (no sign, exponent, NaN, whitespace, underscores or non-ASCII digits).
+    if type(value) is not str or not value.isascii() or not value.replace(".", "", 1).isdigit():
+        raise ValueError(f"decimal {value!r} is not a plain non-negative decimal string")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"flag {value!r} is not a boolean")
+    return value
