@@ -12,7 +12,7 @@ from project.env import env_bool, env_float, env_int, env_list, env_str
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
-_DEV_SECRET = "dev-only-insecure-secret-key-do-not-use-in-production"
+_DEV_SECRET = "dev-only-insecure-secret-key-do-not-use-in-production"  # noqa: S105 (DEBUG only)
 SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET if DEBUG else "")
 if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (set DEBUG=1 for development)")
@@ -102,7 +102,8 @@ BINANCE_REST_URL = env_str("BINANCE_REST_URL", "https://api.binance.com")
 BINANCE_BACKOFF_BASE = env_float("BINANCE_BACKOFF_BASE", 1.0, minimum=0.0)
 BINANCE_BACKOFF_CAP = env_float("BINANCE_BACKOFF_CAP", 60.0, minimum=0.0)
 BINANCE_BACKOFF_RESET_AFTER = env_float("BINANCE_BACKOFF_RESET_AFTER", 60.0, minimum=0.0)
-BINANCE_SILENCE_TIMEOUT = env_float("BINANCE_SILENCE_TIMEOUT", 30.0, minimum=0.1)
+BINANCE_SILENCE_TIMEOUT = env_float("BINANCE_SILENCE_TIMEOUT", 10.0, minimum=0.1)
+BINANCE_PROBE_TIMEOUT = env_float("BINANCE_PROBE_TIMEOUT", 5.0, minimum=0.1)
 BINANCE_ROTATE_AFTER = env_float("BINANCE_ROTATE_AFTER", 23.5 * 3600, minimum=1.0)
 BINANCE_BACKFILL_MAX_TRADES = env_int("BINANCE_BACKFILL_MAX_TRADES", 100_000, minimum=0)
 BINANCE_QUEUE_SIZE = env_int("BINANCE_QUEUE_SIZE", 10_000, minimum=1)

@@ -6,4 +6,4 @@ os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 
-from project.settings import *  # noqa: E402, F403
+from project.settings import *  # noqa: F403

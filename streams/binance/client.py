@@ -92,6 +92,7 @@ class ClientStats:
     rotations: int = 0
     parse_errors: int = 0
     frames_closed: int = 0  # frames read by connections that have ended
+    probes: int = 0         # silence probes sent (LIST_SUBSCRIPTIONS), by connections that have ended
     dead_letters: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=50))
 
 
@@ -197,8 +198,16 @@ class StreamClient:
 
     @property
     def messages(self) -> int:
-        live = sum(c.frames for c in (self._primary, self._successor) if c is not None)
-        return self.stats.frames_closed + live
+        """Frames read so far, by every connection."""
+        return self.stats.frames_closed + sum(c.frames for c in self._live_connections())
+
+    @property
+    def probes(self) -> int:
+        """Silence probes sent so far, by every connection."""
+        return self.stats.probes + sum(c.probes for c in self._live_connections())
+
+    def _live_connections(self) -> list[Connection]:
+        return [c for c in (self._primary, self._successor) if c is not None]
 
     # --- subscriptions while running --------------------------------------------------------------
 
@@ -468,6 +477,7 @@ class StreamClient:
 
     def _retire(self, connection: Connection) -> None:
         self.stats.frames_closed += connection.frames
+        self.stats.probes += connection.probes
 
     async def _shutdown(self) -> None:
         self.stats.state = "stopping"

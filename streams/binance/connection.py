@@ -83,8 +83,9 @@ class Connection:
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[int, asyncio.Future[Reply]] = {}
-        self._bucket = TokenBucket(rate=settings.control_rate, burst=settings.control_rate)
+        self._bucket = TokenBucket(rate=settings.control_rate, burst=1.0)
         self.frames = 0
+        self.probes = 0
         self.opened_at = 0.0
         self.opened_wall = 0.0
         self.end_reason: BaseException | None = None
@@ -211,6 +212,7 @@ class Connection:
                 self._tasks.append(asyncio.create_task(self._probe(), name=f"probe {self.url}"))
 
     async def _probe(self) -> None:
+        self.probes += 1
         with contextlib.suppress(ConnectionLost, TimeoutError):  # the watchdog judges the silence
             await self.list_subscriptions()
 

@@ -40,7 +40,7 @@ class RestError(StreamError):
     """An error answer from the REST API."""
 
     def __init__(self, status: int, message: str, code: int | None = None) -> None:
-        super().__init__(f"HTTP {status}: {message}")
+        super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
         self.code = code
         self.message = message

@@ -199,7 +199,12 @@ def parse_frame(frame: str | bytes) -> Event:
     except orjson.JSONDecodeError:
         raise ParseError("not JSON", frame[:200]) from None
     try:
+        # The common case first, without the general dispatch: a combined-stream trade.
+        if type(message) is dict and type(data := message.get("data")) is dict and data.get("e") == TRADE:
+            return _trade_from_ws(data)
         return parse_message(message)
+    except _PARSE_FAILURES as exc:
+        raise ParseError(f"bad trade event: {type(exc).__name__}: {exc}", frame[:200]) from None
     except ParseError as exc:
         exc.frame = frame[:200]
         raise

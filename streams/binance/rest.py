@@ -144,7 +144,7 @@ class BinanceRest:
                 await self._wait_for_weight(_WEIGHTS.get(path, 1))
                 return await self._get_once(path, params)
             except (RestError, httpx.TransportError) as exc:
-                error = _as_rest_error(exc)
+                error = _as_rest_error(exc, self.base_url)
                 backoff = self._backoff_base * 2**attempt
                 delay = retry_delay(error, backoff=backoff, max_wait=self._max_wait)
                 if delay is None or attempt >= self._retries:
@@ -182,10 +182,10 @@ class BinanceRest:
         await self._sleep(delay)
 
 
-def _as_rest_error(exc: Exception) -> RestError:
+def _as_rest_error(exc: Exception, base_url: str) -> RestError:
     if isinstance(exc, RestError):
         return exc
-    return ExchangeUnavailable(0, f"{type(exc).__name__}: {exc}")
+    return ExchangeUnavailable(0, f"cannot reach {base_url}: {type(exc).__name__}: {exc}")
 
 
 def _error_from(response: httpx.Response) -> RestError:

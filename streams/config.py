@@ -1,0 +1,26 @@
+"""The stream client's configuration from Django settings (the one bridge from settings to the core)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.conf import settings
+
+from streams.binance.client import ClientConfig
+
+
+def client_config(streams: Iterable[tuple[str, str]]) -> ClientConfig:
+    """A ClientConfig for `streams` with the endpoints and tunables of the settings."""
+    return ClientConfig.for_streams(
+        settings.BINANCE_WS_URL,
+        settings.BINANCE_REST_URL,
+        streams,
+        backoff_base=settings.BINANCE_BACKOFF_BASE,
+        backoff_cap=settings.BINANCE_BACKOFF_CAP,
+        backoff_reset_after=settings.BINANCE_BACKOFF_RESET_AFTER,
+        silence_timeout=settings.BINANCE_SILENCE_TIMEOUT,
+        probe_timeout=settings.BINANCE_PROBE_TIMEOUT,
+        rotate_after=settings.BINANCE_ROTATE_AFTER,
+        backfill_max_trades=settings.BINANCE_BACKFILL_MAX_TRADES,
+        queue_size=settings.BINANCE_QUEUE_SIZE,
+    )

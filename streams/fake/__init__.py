@@ -1,0 +1,1 @@
+"""A fake Binance exchange (WebSocket streams + REST market data) for tests, demos and benchmarks."""

@@ -1,0 +1,305 @@
+"""The fake exchange: markets that trade on a clock, the WS and REST servers, faults, and a thread runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from streams.binance.protocol import Trade
+from streams.fake.faults import Fault, FaultRates, fault_from
+from streams.fake.market import Market
+from streams.fake.rest import RestServer
+from streams.fake.ws import WsServer
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_TICK: Final = 0.02  # seconds between market ticks
+_FAULT_TICK: Final = 0.1  # seconds between random-fault draws
+_CALL_TIMEOUT: Final = 60.0
+
+
+@dataclass
+class Stats:
+    """Counters of what the exchange saw and did (read a snapshot from other threads)."""
+
+    connection_attempts: int = 0
+    connections_opened: Counter[str] = field(default_factory=Counter)  # per stream, at open or SUBSCRIBE
+    connections_refused: Counter[str] = field(default_factory=Counter)  # per reason
+    disconnects: Counter[str] = field(default_factory=Counter)  # server-side closes per reason
+    messages_sent: int = 0
+    messages_received: int = 0
+    rest_requests: Counter[str] = field(default_factory=Counter)  # per path
+    rest_429: int = 0
+    rest_418: int = 0
+    rest_503: int = 0
+    faults: Counter[str] = field(default_factory=Counter)  # faults applied, per kind
+
+    @property
+    def refused_connections(self) -> int:
+        return sum(self.connections_refused.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            f.name: (dict(v) if isinstance(v := getattr(self, f.name), Counter) else v) for f in fields(self)
+        }
+
+
+class FakeExchange:
+    """A Binance-like exchange on loopback: WS streams, REST market data, a record, and faults on demand."""
+
+    def __init__(
+        self,
+        symbols: Mapping[str, float] | None = None,
+        *,
+        seed: int = 1,
+        host: str = "127.0.0.1",
+        ws_port: int = 0,
+        rest_port: int = 0,
+        ping_interval: float = 20.0,
+        pong_timeout: float = 60.0,
+        max_lifetime: float = 24 * 3600.0,
+        message_limit: int = 5,
+        weight_limit: int = 6000,
+        weight_window: float = 60.0,
+        connection_limit: int = 300,
+        connection_window: float = 300.0,
+        faults: FaultRates | None = None,
+        send_queue_limit: int = 10_000,
+        replay: str | Path | None = None,
+    ) -> None:
+        symbols = {"BTCUSDT": 10.0} if symbols is None else symbols
+        for symbol, rate in symbols.items():
+            if not (isinstance(symbol, str) and symbol.isascii() and symbol.isalnum() and symbol.isupper()):
+                raise ValueError(f"symbol {symbol!r} must be upper-case letters and digits, like BTCUSDT")
+            if not isinstance(rate, int | float) or rate < 0:
+                raise ValueError(f"trade rate {rate!r} for {symbol} must be a number >= 0")
+        for name, value in (
+            ("ping_interval", ping_interval),
+            ("pong_timeout", pong_timeout),
+            ("max_lifetime", max_lifetime),
+            ("weight_window", weight_window),
+            ("connection_window", connection_window),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        self.seed = seed
+        self.rates = dict(symbols)
+        self.markets = {symbol: Market(symbol, seed, replay) for symbol in symbols}
+        self.fault_rates = faults or FaultRates()
+        self._stats = Stats()
+        self._ws = WsServer(
+            self._stats,
+            host=host,
+            port=ws_port,
+            ping_interval=ping_interval,
+            pong_timeout=pong_timeout,
+            max_lifetime=max_lifetime,
+            message_limit=message_limit,
+            connection_limit=connection_limit,
+            connection_window=connection_window,
+            send_queue_limit=send_queue_limit,
+            is_down=self.is_down,
+        )
+        self._rest = RestServer(self, host, rest_port, weight_limit, weight_window)
+        self.host = host
+        self._down_until: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        await self._ws.start()
+        await self._rest.start()
+        self._spawn(self._trade_forever())
+        if self.fault_rates.items():
+            self._spawn(self._random_faults())
+        logger.info("fake exchange up: %s %s symbols=%s", self.ws_url, self.rest_url, self.rates)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._ws.stop()
+        await self._rest.stop()
+        logger.info("fake exchange stopped")
+
+    async def __aenter__(self) -> FakeExchange:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self._ws.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self._rest.port}"
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _in_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the exchange's loop: directly when already there, else from another thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or threading.get_ident() == self._loop_thread:
+            return fn(*args)
+
+        async def call() -> T:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=_CALL_TIMEOUT)
+
+    # --- the market --------------------------------------------------------------------------
+
+    async def _trade_forever(self) -> None:
+        """Make trades at each symbol's rate by elapsed loop time, whether anyone listens or not."""
+        loop = asyncio.get_running_loop()
+        started, made = loop.time(), dict.fromkeys(self.rates, 0)
+        while True:
+            await asyncio.sleep(_TICK)
+            elapsed = loop.time() - started
+            for symbol, rate in self.rates.items():
+                due = int(rate * elapsed) - made[symbol]
+                if rate > 0 and due > 0:
+                    trades, aggs = self.markets[symbol].make(due, _now_ms(), whole_orders=True)
+                    made[symbol] += len(trades)
+                    self._publish(symbol, trades, aggs)
+
+    def _publish(self, symbol: str, trades: list[Trade], aggs: list[Trade], bulk: bool = False) -> None:
+        self._ws.publish(f"{symbol.lower()}@trade", trades, bulk)
+        self._ws.publish(f"{symbol.lower()}@aggTrade", aggs, bulk)
+
+    def _market(self, symbol: str) -> Market:
+        market = self.markets.get(symbol)
+        if market is None:
+            raise ValueError(f"unknown symbol {symbol!r}; the exchange lists {', '.join(self.markets)}")
+        return market
+
+    def make_trades(self, symbol: str, count: int) -> list[Trade]:
+        """Make `count` trades now (sent to subscribers, added to the record) and return them."""
+        market = self._market(symbol)
+
+        def make() -> list[Trade]:
+            trades, aggs = market.make(count, _now_ms())
+            self._publish(symbol, trades, aggs)
+            return trades
+
+        return self._in_loop(make)
+
+    def burst(self, symbol: str, count: int) -> list[Trade]:
+        """Make `count` trades at once and push them to subscribers as pre-encoded frames (benchmarks)."""
+        market = self._market(symbol)
+
+        def make() -> list[Trade]:
+            trades, aggs = market.make(count, _now_ms())
+            self._publish(symbol, trades, aggs, bulk=True)
+            return trades
+
+        return self._in_loop(make)
+
+    def record(self, symbol: str) -> list[Trade]:
+        """Every trade made for `symbol` (channel "trade"), ids consecutive."""
+        market = self._market(symbol)
+        return self._in_loop(lambda: list(market.trades))
+
+    def agg_record(self, symbol: str) -> list[Trade]:
+        """Every aggregate trade made for `symbol` (channel "aggTrade"), agg ids consecutive."""
+        market = self._market(symbol)
+        return self._in_loop(lambda: list(market.agg_trades))
+
+    # --- observation -------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> Stats:
+        """The live counters on the exchange's loop; a snapshot from any other thread."""
+        if self._loop is not None and threading.get_ident() != self._loop_thread:
+            return self._in_loop(lambda: copy.deepcopy(self._stats))
+        return self._stats
+
+    def active_connections(self, stream: str | None = None) -> int:
+        """Open connections, or those subscribed to `stream` (e.g. "btcusdt@trade")."""
+        return self._in_loop(self._ws.active_connections, stream)
+
+    # --- faults ------------------------------------------------------------------------------
+
+    def is_down(self) -> bool:
+        return self._down_until is not None and time.monotonic() < self._down_until
+
+    def inject(self, kind: str, symbol: str | None = None, **params: Any) -> int:
+        """Inject a fault now; returns how many connections it hit (see faults.py for the kinds)."""
+        fault = fault_from(kind, symbol, **params)
+        return self._in_loop(self._apply, fault)
+
+    def _apply(self, fault: Fault) -> int:
+        if fault.kind == "rest_429":
+            self._stats.faults[fault.kind] += 1
+            self._rest.forced_429 += fault.count
+            return 0
+        if fault.kind == "up":
+            self._down_until = None
+            return 0
+        targets = [s for s in self._ws.sessions if s.closing is None and s.has_symbol(fault.symbol)]
+        if fault.kind == "down":
+            self._stats.faults[fault.kind] += 1
+            self._down_until = math.inf if fault.duration is None else time.monotonic() + fault.duration
+            targets = [s for s in self._ws.sessions if s.closing is None]
+            for session in targets:
+                session.disconnect("down")
+            return len(targets)
+        for session in targets:
+            session.apply(fault)
+        return len(targets)
+
+    async def _random_faults(self) -> None:
+        """Each connection suffers each fault at its rate per second (FaultRates), from a seeded RNG."""
+        rng = random.Random(f"{self.seed}:faults")
+        rates = self.fault_rates.items()
+        while True:
+            await asyncio.sleep(_FAULT_TICK)
+            for session in sorted(self._ws.sessions, key=lambda s: s.opened):
+                for kind, rate in rates:
+                    if session.closing is None and rng.random() < rate * _FAULT_TICK:
+                        session.apply(Fault(kind, code=rng.choice((1000, 1001, 1011)), duration=None))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@contextlib.contextmanager
+def running_exchange(**kwargs: Any) -> Iterator[FakeExchange]:
+    """A FakeExchange on its own event loop in a background thread, for synchronous tests."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-exchange", daemon=True)
+    thread.start()
+    exchange = FakeExchange(**kwargs)
+    try:
+        asyncio.run_coroutine_threadsafe(exchange.start(), loop).result(timeout=_CALL_TIMEOUT)
+        yield exchange
+    finally:
+        try:
+            asyncio.run_coroutine_threadsafe(exchange.stop(), loop).result(timeout=_CALL_TIMEOUT)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=_CALL_TIMEOUT)
+            loop.close()

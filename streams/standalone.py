@@ -1,0 +1,122 @@
+"""`python -m streams.standalone [symbol] [channel] [limit]`: print trades as JSON lines, without Django.
+
+Honours BINANCE_WS_URL and BINANCE_REST_URL. A bad argument or an unknown symbol gets a one-line error
+on stderr and exit code 2; trades go to stdout, one JSON object per line, with the seed's field names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+
+import orjson
+
+from streams.binance.client import ClientConfig, StreamClient
+from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
+from streams.binance.protocol import normalize_channel, normalize_symbol
+from streams.binance.rest import BinanceRest
+
+logger = logging.getLogger("streams.standalone")
+
+DEFAULT_WS_URL = "wss://stream.binance.com:9443"
+DEFAULT_REST_URL = "https://api.binance.com"
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad command-line argument."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m streams.standalone", description=__doc__)
+    parser.add_argument("symbol", nargs="?", default="btcusdt", help="symbol, e.g. btcusdt (default)")
+    parser.add_argument("channel", nargs="?", default="trade", help="trade (default) or aggTrade")
+    parser.add_argument("limit", nargs="?", default="10", help="trades to print, 0 for no limit (default 10)")
+    parser.add_argument("--wait-for-exchange", type=float, default=0.0, metavar="SECONDS",
+                        help="keep trying to reach the exchange this long before giving up")
+    args = parser.parse_args(argv)
+    try:
+        args.symbol = normalize_symbol(args.symbol)
+        args.channel = normalize_channel(args.channel)
+    except InvalidStreamName as exc:
+        raise UsageError(str(exc)) from None
+    if not args.limit.isdigit():
+        raise UsageError(f"invalid limit {args.limit!r}: expected a whole number >= 0")
+    args.limit = int(args.limit)
+    return args
+
+
+async def validate_symbol(rest: BinanceRest, symbol: str, wait: float) -> None:
+    """UnknownSymbol if the exchange does not list it; keep trying for `wait` s if it cannot be reached."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            await rest.symbol_info(symbol)
+            return
+        except UnknownSymbol:
+            raise
+        except StreamError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def collect(args: argparse.Namespace) -> int:
+    ws_url = os.environ.get("BINANCE_WS_URL", DEFAULT_WS_URL)
+    rest_url = os.environ.get("BINANCE_REST_URL", DEFAULT_REST_URL)
+    async with BinanceRest(rest_url, retries=1) as rest:
+        await validate_symbol(rest, args.symbol, args.wait_for_exchange)
+    config = ClientConfig.for_streams(ws_url, rest_url, [(args.symbol, args.channel)])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    printed = 0
+    async with StreamClient(config) as client:
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            while not args.limit or printed < args.limit:
+                getter = asyncio.ensure_future(anext(client))
+                await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                trade = getter.result()
+                sys.stdout.buffer.write(orjson.dumps(trade.as_record()) + b"\n")
+                sys.stdout.flush()
+                printed += 1
+        except StopAsyncIteration:
+            pass
+        finally:
+            waiter.cancel()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        return asyncio.run(collect(args))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UnknownSymbol as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StreamError as exc:
+        print(f"error: cannot collect: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

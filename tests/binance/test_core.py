@@ -1,0 +1,77 @@
+"""The pure helpers: backoff schedule, trade-id continuity, the control-message token bucket."""
+
+from __future__ import annotations
+
+import random
+
+from streams.binance.backoff import Backoff
+from streams.binance.errors import (
+    ConnectionLost,
+    ExchangeUnavailable,
+    IpBanned,
+    RateLimited,
+    RestError,
+    UnknownSymbol,
+    retry_delay,
+)
+from streams.binance.ratelimit import TokenBucket
+from streams.binance.sequence import Gap, Verdict, bounded_gap, classify, missing_between
+
+
+def test_backoff_grows_exponentially_is_capped_and_fully_jittered() -> None:
+    backoff = Backoff(base=1.0, cap=8.0, reset_after=30.0, rng=random.Random(3))
+    bounds, delays = [], []
+    for _ in range(8):
+        bounds.append(backoff.bound())
+        delays.append(backoff.next_delay())
+    assert bounds == [1, 2, 4, 8, 8, 8, 8, 8]
+    assert all(0 <= d <= b for d, b in zip(delays, bounds, strict=True))
+    assert len(set(delays)) == len(delays)  # jittered, not a fixed schedule
+
+
+def test_backoff_resets_only_after_a_stable_connection() -> None:
+    backoff = Backoff(base=1.0, cap=60.0, reset_after=30.0, rng=random.Random(1))
+    for _ in range(4):
+        backoff.next_delay()
+    backoff.connection_ended(uptime=5.0)
+    assert backoff.bound() == 16
+    backoff.connection_ended(uptime=31.0)
+    assert backoff.bound() == 1
+
+
+def test_continuity_verdicts() -> None:
+    assert classify(None, 7) is Verdict.FIRST
+    assert classify(6, 7) is Verdict.NEXT
+    assert classify(7, 7) is Verdict.DUPLICATE
+    assert classify(9, 7) is Verdict.DUPLICATE
+    assert classify(6, 10) is Verdict.GAP
+    assert missing_between(6, 10) == Gap(7, 9)
+
+
+def test_a_gap_beyond_the_backfill_window_keeps_the_newest_ids() -> None:
+    assert bounded_gap(Gap(1, 10), 100) == (None, Gap(1, 10))
+    assert bounded_gap(Gap(1, 10), 4) == (Gap(1, 6), Gap(7, 10))
+    assert bounded_gap(Gap(1, 10), 0) == (Gap(1, 10), None)
+
+
+def test_token_bucket_keeps_under_the_rate() -> None:
+    # A window of one second sees at most burst + rate messages: 4, under the exchange's 5.
+    bucket = TokenBucket(rate=3.0, burst=1.0)
+    now, sent = 0.0, []
+    while now < 10.0:
+        wait = bucket.wait_time(now)
+        if wait == 0:
+            sent.append(now)
+        now += max(wait, 0.01)
+    for i in range(len(sent)):  # never more than the burst within any one second
+        assert sum(1 for t in sent if sent[i] <= t < sent[i] + 1.0) <= 4
+    assert 28 <= len(sent) <= 34
+
+
+def test_the_one_retry_decision() -> None:
+    assert retry_delay(ConnectionLost("x"), backoff=2.0, max_wait=60) == 2.0
+    assert retry_delay(ExchangeUnavailable(503, "down"), backoff=2.0, max_wait=60) == 2.0
+    assert retry_delay(RateLimited(429, "slow down", retry_after=7), backoff=2.0, max_wait=60) == 7
+    assert retry_delay(IpBanned(418, "banned", retry_after=3600), backoff=2.0, max_wait=60) is None
+    assert retry_delay(RestError(400, "bad"), backoff=2.0, max_wait=60) is None
+    assert retry_delay(UnknownSymbol("XXX"), backoff=2.0, max_wait=60) is None
