@@ -1,1 +1,15 @@
 """Shared fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from streams.fake.exchange import FakeExchange, running_exchange
+
+
+@pytest.fixture
+def exchange() -> Iterator[FakeExchange]:
+    with running_exchange(symbols={"BTCUSDT": 100.0, "ETHUSDT": 0.0}, seed=21) as ex:
+        yield ex

@@ -7,3 +7,6 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 
 from project.settings import *  # noqa: F403
+
+# A second, SQLite database: the embedded default's storage path is tested beside PostgreSQL's.
+DATABASES["sqlite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:", "TEST": {"NAME": ":memory:"}}  # noqa: F405

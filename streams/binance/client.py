@@ -165,14 +165,21 @@ class StreamClient:
         return self
 
     async def __anext__(self) -> Trade:
+        batch = await self.next_batch(1)
+        if not batch:
+            raise StopAsyncIteration
+        return batch[0]
+
+    async def next_batch(self, limit: int) -> list[Trade]:
+        """Wait for at least one trade, return up to `limit`; [] once stopped and drained."""
         while not self._out:
             if self._done:
                 if self._fatal is not None:
                     raise self._fatal
-                raise StopAsyncIteration
+                return []
             self._ready.clear()
             await self._ready.wait()
-        return self._take()
+        return self.take_ready(limit)
 
     def take_ready(self, limit: int) -> list[Trade]:
         """Up to `limit` trades that are ready now, without waiting (for batching consumers)."""
@@ -295,6 +302,7 @@ class StreamClient:
                     latest = await self._rest.latest_trade_id(symbol, channel)
                     if latest is not None and latest > stream.last_id:
                         gap = missing_between(stream.last_id, latest + 1)
+                        stream.gaps_found += 1
                 if gap is not None:
                     await self._fetch(stream, gap)
                 gap = self._release_held(stream)

@@ -1,0 +1,117 @@
+"""Best-effort broadcast of stored trades to channel-layer groups: never blocks or slows ingestion.
+
+Batches wait in a small bounded queue for one sender task; when the queue is full, or the layer is
+missing, slow or down, batches are dropped and counted (promise 5 of DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer, get_channel_layer
+from redis.exceptions import RedisError
+
+from streams.binance.protocol import Trade
+
+logger = logging.getLogger(__name__)
+
+ALL_TRADES_GROUP = "binance_data"
+MESSAGE_TYPE = "trades.batch"
+
+
+def symbol_group(symbol: str) -> str:
+    return f"trades.{symbol.lower()}"
+
+
+def trade_message(trade: Trade) -> dict[str, Any]:
+    """A trade as the browser and other consumers get it: the seed's names, exact decimal strings."""
+    record = trade.as_record()
+    record["channel"] = trade.channel
+    record["event_ts"] = trade.event_ts
+    return record
+
+
+@dataclass
+class BroadcastStats:
+    batches_sent: int = 0
+    trades_sent: int = 0
+    batches_dropped: int = 0
+    trades_dropped: int = 0
+    last_error: str = ""
+
+
+class Broadcaster:
+    """`broadcaster.offer(trades)` from the ingestion path; sends happen on a task of their own."""
+
+    def __init__(self, groups: Sequence[str] = (ALL_TRADES_GROUP,), *, per_symbol: bool = False,
+                 layer: BaseChannelLayer | None = None, queue_size: int = 100, timeout: float = 1.0) -> None:
+        self.groups = tuple(groups)
+        self.per_symbol = per_symbol
+        self.stats = BroadcastStats()
+        self._layer = layer
+        self._queue: asyncio.Queue[list[Trade] | None] = asyncio.Queue(maxsize=queue_size)
+        self._timeout = timeout
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._layer is None:
+            self._layer = get_channel_layer()
+        if self._layer is None:
+            logger.warning("no channel layer configured: trades are stored but not broadcast")
+            return
+        self._task = asyncio.create_task(self._send_forever(), name="broadcaster")
+
+    def offer(self, trades: list[Trade]) -> None:
+        """Queue a batch for sending, or drop it (counted) when the sender is behind."""
+        if self._task is None or not trades:
+            return
+        try:
+            self._queue.put_nowait(trades)
+        except asyncio.QueueFull:
+            self._dropped(trades, "the broadcast queue is full")
+
+    async def close(self) -> None:
+        if self._task is None:
+            return
+        try:
+            self._queue.put_nowait(None)
+            await asyncio.wait_for(self._task, self._timeout * 2)
+        except (asyncio.QueueFull, TimeoutError):
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _send_forever(self) -> None:
+        while (trades := await self._queue.get()) is not None:
+            await self._send(trades)
+
+    async def _send(self, trades: list[Trade]) -> None:
+        assert self._layer is not None
+        messages = [trade_message(t) for t in trades]
+        sends = [(group, messages) for group in self.groups]
+        if self.per_symbol:
+            by_symbol: dict[str, list[dict[str, Any]]] = {}
+            for message in messages:
+                by_symbol.setdefault(message["ticker_symbol"], []).append(message)
+            sends.extend((symbol_group(symbol), batch) for symbol, batch in by_symbol.items())
+        for group, batch in sends:
+            try:
+                await asyncio.wait_for(self._layer.group_send(group, {"type": MESSAGE_TYPE, "trades": batch}),
+                                       self._timeout)
+            except (RedisError, ChannelFull, OSError, TimeoutError) as exc:
+                self._dropped(trades, f"{type(exc).__name__}: {exc}")
+                return
+        self.stats.batches_sent += 1
+        self.stats.trades_sent += len(trades)
+
+    def _dropped(self, trades: list[Trade], why: str) -> None:
+        first = self.stats.batches_dropped == 0 or why != self.stats.last_error
+        self.stats.batches_dropped += 1
+        self.stats.trades_dropped += len(trades)
+        self.stats.last_error = why
+        if first:
+            logger.warning("broadcast dropped %d trades (%s); storage goes on", len(trades), why)

@@ -1,0 +1,151 @@
+"""One-off collection into the database: stream client -> writer -> database, then broadcast."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from asgiref.sync import sync_to_async
+
+from streams.binance.client import ClientConfig, StreamClient
+from streams.binance.protocol import Trade
+from streams.broadcast import ALL_TRADES_GROUP, Broadcaster
+from streams.storage import last_stored_ids
+from streams.writer import TradeWriter
+
+logger = logging.getLogger(__name__)
+
+_TAKE = 5_000  # trades taken from the client at a time
+T = TypeVar("T")
+
+
+@dataclass
+class Progress:
+    """What the command shows while it runs, and its summary at the end."""
+
+    elapsed: float = 0.0
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    pending: int = 0
+    last_price: str = "-"
+    reconnects: int = 0
+    gaps_found: int = 0
+    gaps_healed: int = 0
+    missed: int = 0
+    parse_errors: int = 0
+    db_errors: int = 0
+    broadcast_dropped: int = 0
+    unwritten: int = 0
+    state: str = "starting"
+
+    @property
+    def rate(self) -> float:
+        return self.stored / self.elapsed if self.elapsed > 0 else 0.0
+
+
+async def collect_to_database(
+    config: ClientConfig,
+    *,
+    batch_size: int | None,
+    limit: int | None,
+    resume: bool,
+    stop: asyncio.Event,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_every: float = 0.5,
+    flush_interval: float = 1.0,
+    close_timeout: float = 30.0,
+) -> Progress:
+    """Collect `config.streams` into the database until `limit` trades, `stop`, or a fatal error."""
+    resume_ids = await sync_to_async(last_stored_ids)(list(config.streams)) if resume else {}
+    if resume:
+        logger.info("resuming after %s", resume_ids or "nothing stored yet")
+    broadcaster = Broadcaster([ALL_TRADES_GROUP])
+    broadcaster.start()
+
+    async def stored(batch: list[Trade]) -> None:
+        broadcaster.offer(batch)
+
+    writer = TradeWriter(batch_size=batch_size, flush_interval=flush_interval, on_stored=stored)
+    writer.start()
+    progress = Progress()
+    started = time.monotonic()
+    client = StreamClient(config, resume=resume_ids)
+
+    def snapshot() -> Progress:
+        _update(progress, client, writer, broadcaster, time.monotonic() - started)
+        return progress
+
+    reporter = asyncio.create_task(_report(snapshot, on_progress, progress_every), name="progress")
+    try:
+        async with client:
+            while limit is None or progress.received < limit:
+                want = _TAKE if limit is None else min(_TAKE, limit - progress.received)
+                batch = await _unless(stop, client.next_batch(want))
+                if batch is _STOPPED or not batch:
+                    break
+                progress.received += len(batch)
+                progress.last_price = batch[-1].price_text
+                if await _unless(stop, writer.put_many(batch)) is _STOPPED:
+                    writer.put_now(batch)  # stopping: past the bound; close() writes them or says so
+                    break
+        if limit is None:  # already read from the socket: handed on too, nothing read is dropped
+            leftover = client.take_ready(10**9)
+            writer.put_now(leftover)
+            progress.received += len(leftover)
+    finally:
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+        progress.unwritten = await writer.close(timeout=close_timeout)
+        await broadcaster.close()
+    return snapshot()
+
+
+_STOPPED: Any = object()
+
+
+async def _unless(stop: asyncio.Event, awaitable: Awaitable[T]) -> T:
+    """The awaitable's result, or _STOPPED if `stop` is set first (the awaitable is then cancelled)."""
+    task = asyncio.ensure_future(awaitable)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return cast(T, _STOPPED)
+
+
+async def _report(snapshot: Callable[[], Progress], on_progress: Callable[[Progress], None] | None,
+                  every: float) -> None:
+    if on_progress is None:
+        return
+    while True:
+        await asyncio.sleep(every)
+        on_progress(snapshot())
+
+
+def _update(progress: Progress, client: StreamClient, writer: TradeWriter, broadcaster: Broadcaster,
+            elapsed: float) -> None:
+    streams = client.streams.values()
+    progress.elapsed = elapsed
+    progress.stored = writer.stats.stored
+    progress.duplicates = writer.stats.duplicates
+    progress.rejected = writer.stats.rejected
+    progress.pending = writer.pending
+    progress.db_errors = writer.stats.db_errors
+    progress.reconnects = client.stats.reconnects
+    progress.parse_errors = client.stats.parse_errors
+    progress.gaps_found = sum(s.gaps_found for s in streams)
+    progress.gaps_healed = sum(s.gaps_healed for s in streams)
+    progress.missed = sum(s.missed for s in streams)
+    progress.broadcast_dropped = broadcaster.stats.trades_dropped
+    progress.state = client.stats.state
