@@ -7,15 +7,15 @@ client's core is the client's alone. `python manage.py benchmark` prints them wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from multiprocessing.connection import Connection as Pipe
-from typing import Any
 
 import orjson
 
@@ -120,15 +120,16 @@ async def _receive(ws_url: str, rest_url: str, count: int, trigger: Callable[[],
     return Result("receive + parse, one connection (StreamClient)", received - 1, elapsed)
 
 
-def bench_receive(count: int = 200_000) -> Result:
-    """Client receive + parse + sequencing from one connection, the exchange pushing a burst."""
+@contextlib.contextmanager
+def exchange_process() -> Iterator[tuple[str, str, Callable[[int], None]]]:
+    """A fake exchange in a child process: (ws_url, rest_url, burst(n)) while the block runs."""
     context = mp.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_exchange_process, args=(child,), daemon=True)
     process.start()
     try:
         ws_url, rest_url = parent.recv()
-        return asyncio.run(_receive(ws_url, rest_url, count, lambda: parent.send(count)))
+        yield ws_url, rest_url, parent.send
     finally:
         parent.send(None)
         process.join(timeout=5)
@@ -136,4 +137,11 @@ def bench_receive(count: int = 200_000) -> Result:
             process.kill()
 
 
-SECTIONS: dict[str, Callable[..., Any]] = {"parse": bench_parse, "receive": bench_receive}
+def bench_receive(count: int = 200_000) -> Result:
+    """Client receive + parse + sequencing from one connection, the exchange pushing a burst."""
+    with exchange_process() as (ws_url, rest_url, burst):
+        return asyncio.run(_receive(ws_url, rest_url, count, lambda: burst(count)))
+
+
+def run_client_benchmarks(count: int) -> list[Result]:
+    return [bench_parse(), bench_receive(count)]

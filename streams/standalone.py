@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import time
 
 import orjson
 
@@ -52,26 +51,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-async def validate_symbol(rest: BinanceRest, symbol: str, wait: float) -> None:
-    """UnknownSymbol if the exchange does not list it; keep trying for `wait` s if it cannot be reached."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            await rest.symbol_info(symbol)
-            return
-        except UnknownSymbol:
-            raise
-        except StreamError:
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(0.5)
-
-
 async def collect(args: argparse.Namespace) -> int:
     ws_url = os.environ.get("BINANCE_WS_URL", DEFAULT_WS_URL)
     rest_url = os.environ.get("BINANCE_REST_URL", DEFAULT_REST_URL)
     async with BinanceRest(rest_url, retries=1) as rest:
-        await validate_symbol(rest, args.symbol, args.wait_for_exchange)
+        await rest.validate_symbol(args.symbol, wait=args.wait_for_exchange)
     config = ClientConfig.for_streams(ws_url, rest_url, [(args.symbol, args.channel)])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -109,6 +109,17 @@ class BinanceRest:
                 return dict(entry)
         raise UnknownSymbol(symbol)
 
+    async def validate_symbol(self, symbol: str, *, wait: float = 0.0) -> dict[str, Any]:
+        """symbol_info, trying for `wait` seconds while the exchange cannot be reached (a starting demo)."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return await self.symbol_info(symbol)
+            except ExchangeUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await self._sleep(0.5)
+
     async def trades_page(self, symbol: str, channel: str, from_id: int | None, limit: int = PAGE_LIMIT
                           ) -> list[Trade]:
         """Up to `limit` trades from `from_id` inclusive (the most recent ones when from_id is None)."""

@@ -1,31 +1,37 @@
-"""`python manage.py benchmark [--only parse,receive]`: measure, print figures with the machine's facts."""
+"""`python manage.py benchmark [--only client,storage] [--trades N]`: measure and print figures."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from streams import benchmarks
+from streams import benchmarks, storage_benchmarks
+
+SECTIONS: dict[str, Callable[[int], list[benchmarks.Result]]] = {
+    "client": benchmarks.run_client_benchmarks,
+    "storage": storage_benchmarks.run_storage_benchmarks,
+}
 
 
 class Command(BaseCommand):
     help = "Run the benchmarks against the fake exchange on loopback and print the figures."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(benchmarks.SECTIONS)}")
-        parser.add_argument("--trades", type=int, default=200_000, help="trades per receive run (default 200,000)")
+        parser.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")
+        parser.add_argument("--trades", type=int, default=200_000,
+                            help="trades per end-to-end run (default 200,000)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        chosen = [s for s in options["only"].split(",") if s] or list(benchmarks.SECTIONS)
-        unknown = [s for s in chosen if s not in benchmarks.SECTIONS]
+        chosen = [s for s in options["only"].split(",") if s] or list(SECTIONS)
+        unknown = [s for s in chosen if s not in SECTIONS]
         if unknown:
-            raise CommandError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(benchmarks.SECTIONS)}")
+            raise CommandError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
         if options["trades"] <= 0:
             raise CommandError("--trades must be a positive number")
         for line in benchmarks.machine_facts():
             self.stdout.write(line)
         for section in chosen:
-            runner = benchmarks.SECTIONS[section]
-            result = runner(options["trades"]) if section == "receive" else runner()
-            self.stdout.write(result.line())
+            for result in SECTIONS[section](options["trades"]):
+                self.stdout.write(result.line())

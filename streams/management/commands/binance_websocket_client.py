@@ -47,6 +47,8 @@ class Command(BaseCommand):
                             help="seconds after which a partial batch is written (default 1)")
         parser.add_argument("--limit", type=_positive, default=None,
                             help="stop after this many trades (default: run until Ctrl-C or SIGTERM)")
+        parser.add_argument("--wait-for-exchange", type=float, default=0.0, metavar="SECONDS",
+                            help="keep trying to reach the exchange this long before giving up (default 0)")
         parser.add_argument("--resume", action="store_true",
                             help="start after the last trade stored for this stream, backfilling the gap")
 
@@ -71,7 +73,7 @@ class Command(BaseCommand):
 
     async def _collect(self, symbol: str, channel: str, options: dict[str, Any]) -> Progress:
         async with BinanceRest(settings.BINANCE_REST_URL, retries=2) as rest:
-            await rest.symbol_info(symbol)
+            await rest.validate_symbol(symbol, wait=options["wait_for_exchange"])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
