@@ -8,7 +8,6 @@ PYTHON ?= $(shell for p in /usr/bin/python3.11 python3.11 python3; do command -v
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export DJANGO_SETTINGS_MODULE ?= project.settings
 
 # Development defaults; set DEBUG=0 and SECRET_KEY (and the rest, see README) in production.
 export DEBUG ?= 1
@@ -39,7 +38,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy streams/binance streams/fake
 
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest --ds=tests.settings
 
 benchmark: setup
 	$(BIN)/python manage.py benchmark
