@@ -26,17 +26,27 @@ def stored(using: str = "default") -> list[PriceUpdate]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_is_one_copy_and_one_insert_on_postgresql(django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
-    # Django's query log shows BEGIN, INSERT ... SELECT ... ON CONFLICT DO NOTHING, COMMIT, but not the
-    # COPY before the INSERT (psycopg's copy API); the staging table is created once per session.
-    with django_assert_num_queries(4):
-        store_trades([make(i) for i in range(1, 501)])
-    with django_assert_num_queries(3):
-        result = store_trades([make(i) for i in range(501, 1001)])
+def test_a_new_batch_is_one_copy_in_one_transaction_on_postgresql(django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+    # Django's query log shows BEGIN and COMMIT but not the COPY between them (psycopg's copy API).
+    with django_assert_num_queries(2):
+        result = store_trades([make(i) for i in range(1, 501)])
     assert (result.inserted, result.duplicates, result.rejected) == (500, 0, 0)
-    with django_assert_num_queries(1):  # a single trade: one INSERT ... VALUES
-        store_trades([make(1001)])
-    assert PriceUpdate.objects.count() == 1001
+    with django_assert_num_queries(1):  # a single trade: one INSERT ... VALUES ... ON CONFLICT DO NOTHING
+        store_trades([make(501)])
+    assert PriceUpdate.objects.count() == 501
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_with_a_stored_trade_falls_back_to_insert_on_conflict(django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+    store_trades([make(i) for i in range(1, 11)])
+    # The direct COPY is refused (BEGIN, ROLLBACK); then BEGIN, the staging table (once a session),
+    # INSERT ... SELECT ... ON CONFLICT DO NOTHING, COMMIT (the COPYs are not in Django's log).
+    with django_assert_num_queries(6):
+        result = store_trades([make(i) for i in range(5, 21)])
+    assert (result.inserted, result.duplicates) == (10, 6)
+    with django_assert_num_queries(5):
+        store_trades([make(i) for i in range(15, 31)])
+    assert list(PriceUpdate.objects.order_by("trade_id").values_list("trade_id", flat=True)) == list(range(1, 31))
 
 
 @pytest.mark.parametrize("using", ["default", "sqlite"])
