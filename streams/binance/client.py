@@ -81,6 +81,7 @@ class StreamState:
     missed: int = 0
     unhealed: deque[Gap] = field(default_factory=lambda: deque(maxlen=_UNHEALED_KEPT))
     last_event_ts: int = 0
+    resume_rejected: bool = False
 
 
 @dataclass
@@ -303,6 +304,15 @@ class StreamClient:
                     if latest is not None and latest > stream.last_id:
                         gap = missing_between(stream.last_id, latest + 1)
                         stream.gaps_found += 1
+                    elif latest is not None and latest < stream.last_id:
+                        # Ids never go back on one exchange: the stored data came from another one
+                        # (testnet against mainnet, a fake exchange). Every live trade would look like
+                        # a duplicate; start from the live stream instead, and say so loudly.
+                        logger.error("%s@%s: resume point %d is ahead of the exchange's newest trade %d; "
+                                     "the stored trades come from another exchange. Starting from the "
+                                     "live stream.", symbol, channel, stream.last_id, latest)
+                        stream.last_id = None
+                        stream.resume_rejected = True
                 if gap is not None:
                     await self._fetch(stream, gap)
                 gap = self._release_held(stream)

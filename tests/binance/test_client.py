@@ -217,6 +217,18 @@ async def test_resume_is_bounded_by_the_backfill_window() -> None:
         assert stream.missed == 249 and stream.unhealed[0].size == 249
 
 
+async def test_a_resume_point_from_another_exchange_is_refused_not_obeyed() -> None:
+    async with exchange() as ex:
+        ex.make_trades("BTCUSDT", 5)
+        ahead = ex.record("BTCUSDT")[-1].trade_id + 10**9  # ids that this exchange never made
+        async with client_for(ex, resume={("BTCUSDT", TRADE): ahead}) as client:
+            await until(lambda: client.streams[("BTCUSDT", TRADE)].resume_rejected)
+            await connected(client, ex)
+            ex.make_trades("BTCUSDT", 10)
+            got = await take(client, 10)
+        assert [identity(t) for t in got] == [identity(t) for t in ex.record("BTCUSDT")[5:]]
+
+
 async def test_garbage_is_counted_and_skipped_and_no_trade_is_lost() -> None:
     async with exchange() as ex, client_for(ex) as client:
         await connected(client, ex)
