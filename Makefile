@@ -12,6 +12,8 @@ STAMP := $(VENV)/.installed
 # Development defaults; set DEBUG=0 and SECRET_KEY (and the rest, see README) in production.
 export DEBUG ?= 1
 export PORT ?= 8000
+export FLOWER_PORT ?= 5555
+export FLOWER_BASIC_AUTH ?= admin:change-me
 
 .PHONY: setup run demo test lint typecheck benchmark fake-exchange clean
 

@@ -85,6 +85,15 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ROUTES = {"workers.tasks.run_stream": {"queue": "streams"}}
+# One message at a time per worker slot: a stream task occupies its slot for as long as it runs.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = False  # stream tasks must not be redelivered past visibility_timeout (celery#5935)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows the stream tasks and their stats live
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_TRACK_STARTED = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 CHANNEL_LAYERS = {
     "default": {
@@ -107,6 +116,23 @@ BINANCE_PROBE_TIMEOUT = env_float("BINANCE_PROBE_TIMEOUT", 5.0, minimum=0.1)
 BINANCE_ROTATE_AFTER = env_float("BINANCE_ROTATE_AFTER", 23.5 * 3600, minimum=1.0)
 BINANCE_BACKFILL_MAX_TRADES = env_int("BINANCE_BACKFILL_MAX_TRADES", 100_000, minimum=0)
 BINANCE_QUEUE_SIZE = env_int("BINANCE_QUEUE_SIZE", 10_000, minimum=1)
+
+# --- Celery-supervised collection (workers/) ----------------------------------------------------------
+# The hand-off buffer: a Redis Stream read by the flush task through a consumer group.
+COLLECTOR_FLUSH_INTERVAL = env_float("COLLECTOR_FLUSH_INTERVAL", 1.0, minimum=0.1)      # s, beat schedule
+COLLECTOR_FLUSH_BATCH = env_int("COLLECTOR_FLUSH_BATCH", 5_000, minimum=1)              # trades per write
+COLLECTOR_BUFFER_MAX_TRADES = env_int("COLLECTOR_BUFFER_MAX_TRADES", 2_000_000, minimum=1000)
+COLLECTOR_RECLAIM_IDLE = env_float("COLLECTOR_RECLAIM_IDLE", 60.0, minimum=1.0)         # s before reclaiming
+# Leases and heartbeats: one owner per stream, restarted when silent.
+COLLECTOR_HEARTBEAT_INTERVAL = env_float("COLLECTOR_HEARTBEAT_INTERVAL", 5.0, minimum=0.1)
+COLLECTOR_LEASE_TTL = env_float("COLLECTOR_LEASE_TTL", 30.0, minimum=1.0)
+COLLECTOR_STALE_AFTER = env_float("COLLECTOR_STALE_AFTER", 60.0, minimum=1.0)  # heartbeat or data age
+COLLECTOR_SUPERVISE_INTERVAL = env_float("COLLECTOR_SUPERVISE_INTERVAL", 10.0, minimum=1.0)
+COLLECTOR_AUDIT_INTERVAL = env_float("COLLECTOR_AUDIT_INTERVAL", 300.0, minimum=10.0)
+COLLECTOR_AUDIT_WINDOW = env_int("COLLECTOR_AUDIT_WINDOW", 100_000, minimum=1)  # newest trade ids checked
+# Connection attempts of all stream tasks together (the exchange allows 300 per 5 minutes per IP).
+COLLECTOR_CONNECTION_BUDGET = env_int("COLLECTOR_CONNECTION_BUDGET", 250, minimum=1)
+COLLECTOR_CONNECTION_WINDOW = env_float("COLLECTOR_CONNECTION_WINDOW", 300.0, minimum=1.0)
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,117 @@
+"""Leases, the shared connection budget and the supervisor's decisions, on the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from workers.budget import take_connection_slot
+from workers.keys import lease_key, starting_key, status_key, stop_key
+from workers.leases import Lease
+from workers.redis import async_redis, sync_redis
+from workers.supervisor import ensure_running, supervise
+
+SID = "btcusdt@trade"
+
+
+async def test_a_lease_has_one_owner_and_only_the_owner_renews_or_releases_it(clean_redis: None) -> None:
+    client = async_redis()
+    try:
+        first, second = Lease(client, SID, "a", ttl=5), Lease(client, SID, "b", ttl=5)
+        assert await first.acquire() and not await second.acquire()
+        assert await first.renew() and not await second.renew()
+        await second.release()
+        assert await client.get(lease_key(SID)) == b"a"
+        await first.release()
+        assert await second.acquire()
+    finally:
+        await client.aclose()
+
+
+async def test_an_expired_lease_is_lost_and_renewal_says_so(clean_redis: None) -> None:
+    client = async_redis()
+    try:
+        lease = Lease(client, SID, "a", ttl=0.2)
+        assert await lease.acquire()
+        deadline = time.monotonic() + 5
+        while await client.exists(lease_key(SID)):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert not await lease.renew()
+    finally:
+        await client.aclose()
+
+
+async def test_the_connection_budget_is_never_exceeded_by_many_takers(clean_redis: None) -> None:
+    client = async_redis()
+    taken: list[float] = []
+    waits: list[float] = []
+
+    async def taker() -> None:
+        await take_connection_slot(client, limit=3, window=1.0, on_wait=waits.append)
+        taken.append(time.monotonic())
+
+    try:
+        await asyncio.gather(*(taker() for _ in range(7)))
+    finally:
+        await client.aclose()
+    taken.sort()
+    assert len(taken) == 7 and waits  # some had to wait, and said so
+    for i, start in enumerate(taken):  # never more than 3 attempts within any one-second window
+        assert sum(1 for t in taken[i:] if t < start + 0.95) <= 3
+
+
+class Starts:
+    def __init__(self) -> None:
+        self.sids: list[str] = []
+
+    def __call__(self, sid: str) -> None:
+        self.sids.append(sid)
+
+
+def write_status(**fields: Any) -> None:
+    values = {"state": "connected", "updated_at": f"{time.time():.3f}", "last_frame_at": f"{time.time():.3f}"}
+    values.update({k: str(v) for k, v in fields.items()})
+    sync_redis().hset(status_key(SID), mapping=values)
+
+
+def test_a_stream_without_a_task_is_started_once(clean_redis: None, settings: Any) -> None:
+    starts = Starts()
+    assert ensure_running(SID, starts) == "started"
+    assert ensure_running(SID, starts) == "starting"  # dispatched, not yet running: not dispatched again
+    assert starts.sids == [SID]
+
+
+def test_a_live_stream_is_left_alone(clean_redis: None, settings: Any) -> None:
+    starts = Starts()
+    sync_redis().set(lease_key(SID), "worker-1:42:task-1")
+    assert ensure_running(SID, starts) == "running"  # just started: a lease, no status yet
+    write_status()
+    assert ensure_running(SID, starts) == "running" and starts.sids == []
+
+
+def test_a_stale_stream_is_taken_over(clean_redis: None, settings: Any) -> None:
+    settings.COLLECTOR_STALE_AFTER = 5.0
+    starts = Starts()
+    client = sync_redis()
+    client.set(lease_key(SID), "worker-1:42:task-1")
+    write_status(last_frame_at=f"{time.time() - 30:.3f}")  # an open socket that delivers nothing
+    assert ensure_running(SID, starts) == "restarted"
+    assert starts.sids == [SID]
+    assert client.get(stop_key(SID)) == b"worker-1:42:task-1"  # the old task is told to stop
+    assert not client.exists(lease_key(SID)) and client.exists(starting_key(SID))
+
+
+def test_a_running_stream_that_is_not_enabled_is_stopped_and_re_enabling_clears_that(
+        clean_redis: None, settings: Any) -> None:
+    client = sync_redis()
+    client.set(lease_key(SID), "worker-1:42:task-1")
+    revoked: list[str] = []
+    actions = supervise([], Starts(), revoked.append)
+    assert actions.stopped == [SID] and client.get(stop_key(SID)) == b"*" and revoked == ["task-1"]
+    client.delete(lease_key(SID))
+    starts = Starts()
+    supervise([SID], starts)
+    assert starts.sids == [SID] and not client.exists(stop_key(SID))
+

@@ -1,0 +1,42 @@
+"""Names shared through Redis: stream ids and the keys of leases, status, stop flags and the buffer."""
+
+from __future__ import annotations
+
+from streams.binance.protocol import normalize_channel, normalize_symbol, split_stream_name, stream_name
+
+PREFIX = "collector"
+BUFFER_STREAM = f"{PREFIX}:buffer"       # the hand-off buffer (a Redis Stream)
+BUFFER_GROUP = "flushers"                # its consumer group
+FLUSH_LOCK = f"{PREFIX}:flush-lock"      # one flush at a time
+CONNECTION_BUDGET = f"{PREFIX}:connection-attempts"  # sorted set of attempt times
+BEAT_SEEN = f"{PREFIX}:beat-seen"        # last time a beat-driven task ran
+
+
+def stream_id(symbol: str, channel: str) -> str:
+    """`btcusdt@trade`: the stream's name on the exchange is its id here too."""
+    return stream_name(normalize_symbol(symbol), normalize_channel(channel))
+
+
+def parse_stream_id(sid: str) -> tuple[str, str]:
+    return split_stream_name(sid)
+
+
+def lease_key(sid: str) -> str:
+    return f"{PREFIX}:lease:{sid}"
+
+
+def status_key(sid: str) -> str:
+    return f"{PREFIX}:status:{sid}"
+
+
+def stop_key(sid: str) -> str:
+    return f"{PREFIX}:stop:{sid}"
+
+
+def starting_key(sid: str) -> str:
+    return f"{PREFIX}:starting:{sid}"
+
+
+def last_id_key(sid: str) -> str:
+    """The last trade id the stream task handed to the buffer (resume point before the flush catches up)."""
+    return f"{PREFIX}:last-id:{sid}"

@@ -1,0 +1,106 @@
+"""Enabled streams x leases x heartbeats -> start, restart or stop (DESIGN.md promises 3 and 4)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from workers.keys import PREFIX, lease_key, starting_key, stop_key
+from workers.redis import sync_redis
+from workers.status import is_stale, read_status
+
+logger = logging.getLogger(__name__)
+
+STOP_ANY = "*"  # a stop flag for whoever runs the stream (it was disabled)
+_STARTING_TTL = 60  # seconds a dispatched task has to take its lease before it is dispatched again
+
+
+@dataclass
+class Actions:
+    """What one supervision pass did (logged and counted)."""
+
+    started: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+
+
+def streams_running() -> set[str]:
+    """Streams that hold a lease now."""
+    prefix = f"{PREFIX}:lease:"
+    return {key.decode()[len(prefix):] for key in sync_redis().scan_iter(match=f"{prefix}*", count=500)}
+
+
+def ensure_running(sid: str, start: Callable[[str], None], actions: Actions | None = None) -> str:
+    """Start `sid` unless a live task runs it; take over from a stale one. Returns what was done."""
+    actions = actions if actions is not None else Actions()
+    client = sync_redis()
+    if client.get(stop_key(sid)) == STOP_ANY.encode():
+        client.delete(stop_key(sid))  # it was disabled before; it is enabled now
+    owner = client.get(lease_key(sid))
+    status = read_status(sid)
+    # A lease without a status yet is a task in its first moments: the lease's short TTL already
+    # proves it alive. A status that has stopped being renewed, or shows no frames, is stale.
+    if owner is not None and (status is None or not is_stale(status)):
+        actions.running.append(sid)
+        return "running"
+    if owner is not None:
+        # Alive enough to hold its lease, but silent: ask it to stop, and free the stream for a new task.
+        owner_text = owner.decode()
+        logger.warning("%s: task %s is stale (status %s); restarting the stream", sid, owner_text,
+                       _summary(status))
+        client.set(stop_key(sid), owner_text, ex=int(settings.COLLECTOR_LEASE_TTL * 4))
+        client.delete(lease_key(sid))
+        client.delete(starting_key(sid))
+        _start(sid, start, client)
+        actions.restarted.append(sid)
+        return "restarted"
+    if not client.set(starting_key(sid), "1", nx=True, ex=_STARTING_TTL):
+        return "starting"
+    start(sid)
+    logger.info("%s: no task runs it; started one", sid)
+    actions.started.append(sid)
+    return "started"
+
+
+def request_stop(sid: str, revoke: Callable[[str], None] | None = None) -> None:
+    """Ask whoever runs `sid` to stop (cooperatively, at its next heartbeat)."""
+    client = sync_redis()
+    client.set(stop_key(sid), STOP_ANY, ex=int(settings.COLLECTOR_LEASE_TTL * 4))
+    client.delete(starting_key(sid))
+    owner = client.get(lease_key(sid))
+    if revoke is not None and owner is not None:
+        task_id = owner.decode().rsplit(":", 1)[-1]
+        revoke(task_id)  # the fallback for a task still waiting in the queue; a running one stops itself
+
+
+def supervise(enabled: Iterable[str], start: Callable[[str], None],
+              revoke: Callable[[str], None] | None = None) -> Actions:
+    """One pass: every enabled stream runs, every running stream is enabled."""
+    actions = Actions()
+    enabled = set(enabled)
+    for sid in sorted(enabled):
+        ensure_running(sid, start, actions)
+    for sid in sorted(streams_running() - enabled):
+        logger.info("%s: running but not enabled; stopping it", sid)
+        request_stop(sid, revoke)
+        actions.stopped.append(sid)
+    sync_redis().set(f"{PREFIX}:supervised-at", f"{time.time():.3f}")
+    return actions
+
+
+def _start(sid: str, start: Callable[[str], None], client: Any) -> None:
+    client.set(starting_key(sid), "1", ex=_STARTING_TTL)
+    start(sid)
+
+
+def _summary(status: dict[str, Any] | None) -> str:
+    if status is None:
+        return "none"
+    return f"state={status.get('state')} heartbeat_age={status.get('heartbeat_age')} " \
+           f"last_frame_age={status.get('last_frame_age')}"
