@@ -26,7 +26,7 @@ from streams.config import client_config
 from streams.storage import last_stored_ids
 from workers.budget import take_connection_slot
 from workers.buffer import BufferFull, append_trades
-from workers.keys import last_id_key, stop_key, stream_id
+from workers.keys import last_id_key, starting_key, stop_key, stream_id
 from workers.leases import Lease
 from workers.redis import async_redis
 from workers.status import write_status
@@ -61,6 +61,7 @@ async def run_stream_until_stopped(symbol: str, channel: str, *, owner: str, shu
         if not await lease.acquire():
             logger.info("%s: another task holds the lease; nothing to do", sid)
             return Outcome("lease held by another task")
+        await client.delete(starting_key(sid))  # started: the supervisor may dispatch again if this dies
         try:
             runner = _Runner(sid, symbol, channel, owner=owner, redis_client=client, lease=lease,
                              shutdown=shutdown, on_stats=on_stats)

@@ -21,6 +21,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.signals import worker_shutting_down
+from django.db import DatabaseError, close_old_connections
 
 from project.celery import app
 from workers import supervisor
@@ -95,8 +96,14 @@ def flush_trades() -> int:
     from workers.buffer import flush_all
 
     _mark_beat()
-    consumer = f"{socket.gethostname()}:{os.getpid()}"
-    result = flush_all(sync_redis(), consumer, max_seconds=max(settings.COLLECTOR_FLUSH_INTERVAL * 5, 5.0))
+    consumer = f"{socket.gethostname()}:{os.getpid()}"  # stable per process: its pending entries come back to it
+    try:
+        result = flush_all(sync_redis(), consumer, max_seconds=max(settings.COLLECTOR_FLUSH_INTERVAL * 5, 5.0))
+    except DatabaseError as exc:
+        # Nothing was acknowledged: the entries wait in the buffer for the next flush (promise 5).
+        logger.warning("flush: database unavailable (%s); the buffer keeps the trades", exc)
+        close_old_connections()
+        return 0
     return int(getattr(result, "trades", result) or 0)
 
 
