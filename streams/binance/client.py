@@ -422,7 +422,8 @@ class StreamClient:
     async def _open(self) -> Connection | None:
         if self._before_connect is not None:
             self.stats.state = "waiting for connection budget"
-            await self._before_connect()
+            if await self._wait_stopping(self._before_connect()):
+                return None
         self.stats.state = "connecting"
         self.stats.connection_attempts += 1
         names = [stream_name(*key) for key in self.streams]

@@ -10,6 +10,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from project.celery import app
+from tests.helpers import wait_for
 from workers.redis import sync_redis
 
 FAST = {
@@ -37,9 +38,16 @@ def fast_settings(settings: Any) -> Any:
 @pytest.fixture
 def celery_worker_threads(clean_redis: None) -> Iterator[Any]:
     """A real Celery worker (threads pool) in this process, consuming both queues from the real broker."""
+    from workers.tasks import SHUTDOWN
+
     with start_worker(app, pool="threads", concurrency=12, queues=["streams", "celery"], perform_ping_check=False,
                       shutdown_timeout=30.0, loglevel="WARNING") as worker:
-        yield worker
+        try:
+            yield worker
+        finally:
+            SHUTDOWN.set()  # what the worker_shutting_down signal does in a real worker
+            wait_for(lambda: not sync_redis().keys("collector:lease:*"), timeout=30)
+    SHUTDOWN.clear()
 
 
 class Beat:

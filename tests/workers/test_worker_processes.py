@@ -29,20 +29,21 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 SID = stream_id("BTCUSDT", TRADE)
 
 
-def worker_env(exchange: FakeExchange) -> dict[str, str]:
+def worker_env(exchange: FakeExchange, **overrides: str) -> dict[str, str]:
     env = {**os.environ, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "project.settings",
            "DATABASE_URL": database_url(), "REDIS_URL": settings.REDIS_URL,
            "BINANCE_WS_URL": exchange.ws_url, "BINANCE_REST_URL": exchange.rest_url, "LOG_LEVEL": "INFO"}
     env.update({name: str(value) for name, value in FAST.items()})
+    env.update(overrides)
     return env
 
 
 @contextmanager
-def celery_worker(exchange: FakeExchange, name: str) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(exchange: FakeExchange, name: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", "streams,celery", "-P", "threads",
          "-c", "8", "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"],
-        cwd=ROOT, env=worker_env(exchange), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=ROOT, env=worker_env(exchange, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield process
     finally:
