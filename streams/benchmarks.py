@@ -37,6 +37,8 @@ class Result:
         return self.count / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
+        if self.unit in ("ms", "KiB"):  # a measured value, not a rate
+            return f"{self.name:<46} {self.count:>12,} {self.unit}"
         return f"{self.name:<46} {self.rate:>12,.0f} {self.unit}  ({self.count:,} in {self.seconds:.2f} s)"
 
 
@@ -82,19 +84,21 @@ def bench_parse(count: int = 500_000, repeat: int = 3) -> Result:
     return Result("parse (combined frame -> Trade)", rounds * len(frames), best)
 
 
-def _exchange_process(pipe: Pipe) -> None:
-    """Child process: run a fake exchange and push bursts when told."""
+def _exchange_process(pipe: Pipe, symbols: dict[str, float]) -> None:
+    """Child process: run a fake exchange and push bursts when told ((symbol, count), or None to stop)."""
     from streams.fake.exchange import FakeExchange
 
     async def serve() -> None:
-        async with FakeExchange(symbols={BENCH_SYMBOL: 0.0}, seed=1, ping_interval=60.0) as ex:
+        async with FakeExchange(symbols=symbols, seed=1, ping_interval=60.0, weight_limit=10**9,
+                                connection_limit=10**6) as ex:
             pipe.send((ex.ws_url, ex.rest_url))
             loop = asyncio.get_running_loop()
             while True:
                 command = await loop.run_in_executor(None, pipe.recv)
                 if command is None:
                     return
-                ex.burst(BENCH_SYMBOL, command)
+                symbol, count = command
+                ex.burst(symbol, count)
                 pipe.send("started")
 
     asyncio.run(serve())
@@ -121,15 +125,21 @@ async def _receive(ws_url: str, rest_url: str, count: int, trigger: Callable[[],
 
 
 @contextlib.contextmanager
-def exchange_process() -> Iterator[tuple[str, str, Callable[[int], None]]]:
-    """A fake exchange in a child process: (ws_url, rest_url, burst(n)) while the block runs."""
+def exchange_process(symbols: dict[str, float] | None = None
+                     ) -> Iterator[tuple[str, str, Callable[[int], None], Callable[[str, int], None]]]:
+    """A fake exchange in a child process: (ws_url, rest_url, burst(n) of BENCHUSDT, burst_symbol(symbol, n))."""
     context = mp.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=_exchange_process, args=(child,), daemon=True)
+    process = context.Process(target=_exchange_process, args=(child, symbols or {BENCH_SYMBOL: 0.0}), daemon=True)
     process.start()
+
+    def burst_symbol(symbol: str, count: int) -> None:
+        parent.send((symbol, count))
+        parent.recv()
+
     try:
         ws_url, rest_url = parent.recv()
-        yield ws_url, rest_url, parent.send
+        yield ws_url, rest_url, lambda count: parent.send((BENCH_SYMBOL, count)), burst_symbol
     finally:
         parent.send(None)
         process.join(timeout=5)
@@ -139,7 +149,7 @@ def exchange_process() -> Iterator[tuple[str, str, Callable[[int], None]]]:
 
 def bench_receive(count: int = 200_000) -> Result:
     """Client receive + parse + sequencing from one connection, the exchange pushing a burst."""
-    with exchange_process() as (ws_url, rest_url, burst):
+    with exchange_process() as (ws_url, rest_url, burst, _):
         return asyncio.run(_receive(ws_url, rest_url, count, lambda: burst(count)))
 
 

@@ -112,7 +112,7 @@ async def _pipeline(ws_url: str, rest_url: str, alias: str, count: int, start_bu
 
 def bench_pipeline(alias: str, label: str, count: int = 200_000) -> Result:
     """Fake exchange burst -> StreamClient -> TradeWriter (batches of 5,000) -> database."""
-    with exchange_process() as (ws_url, rest_url, burst):
+    with exchange_process() as (ws_url, rest_url, burst, _):
         elapsed = asyncio.run(_pipeline(ws_url, rest_url, alias, count, lambda: burst(count)))
     return Result(f"exchange -> client -> {label}, batch mode", count, elapsed)
 

@@ -40,7 +40,7 @@ def _on_worker_shutdown(**_: Any) -> None:
 
 
 @shared_task(bind=True, name="workers.tasks.run_stream", acks_late=False, time_limit=None, soft_time_limit=None,
-             ignore_result=True, queue=STREAMS_QUEUE)
+             ignore_result=True)  # routed to the streams queue by CELERY_TASK_ROUTES
 def run_stream(self: Task, symbol: str, channel: str) -> str:
     """The long-running task of one symbol stream; returns why it ended."""
     from workers.streaming import run_stream_until_stopped

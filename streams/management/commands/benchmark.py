@@ -9,9 +9,17 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from streams import benchmarks, storage_benchmarks
 
+
+def _pipeline(count: int) -> list[benchmarks.Result]:
+    from workers.benchmarks import run_pipeline_benchmarks
+
+    return run_pipeline_benchmarks(count)
+
+
 SECTIONS: dict[str, Callable[[int], list[benchmarks.Result]]] = {
     "client": benchmarks.run_client_benchmarks,
     "storage": storage_benchmarks.run_storage_benchmarks,
+    "pipeline": _pipeline,
 }
 
 

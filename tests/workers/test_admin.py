@@ -1,0 +1,115 @@
+"""The "Symbol streams" admin: the list with live status, the add form that asks the exchange, actions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+
+from streams.fake.exchange import FakeExchange
+from workers import registry
+from workers.keys import status_key
+from workers.models import SymbolStream
+from workers.redis import sync_redis
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "admin:workers_symbolstream_changelist"
+ADD = "admin:workers_symbolstream_add"
+QUIET = "ZQADMUSDT"  # a symbol no other test reports a status for (Redis is shared)
+
+
+@pytest.fixture(autouse=True)
+def exchange_settings(settings, exchange: FakeExchange) -> FakeExchange:
+    settings.BINANCE_REST_URL = exchange.rest_url
+    return exchange
+
+
+@pytest.fixture
+def admin_client_(client: Client) -> Client:
+    user = User.objects.create_superuser("boss", "boss@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def live_status() -> Iterator[str]:
+    key = status_key(f"{QUIET.lower()}@trade")
+    sync_redis().hset(key, mapping={"state": "connected", "trades_per_s": "7.25", "gaps_healed": "3",
+                                    "last_message_at": f"{time.time() - 100:.3f}", "updated_at": f"{time.time():.3f}"})
+    sync_redis().expire(key, 60)
+    yield key
+    sync_redis().delete(key)
+
+
+def test_an_anonymous_user_is_sent_to_the_login_page(client: Client) -> None:
+    response = client.get(reverse(CHANGELIST))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("admin:login"))
+
+
+def test_the_list_shows_each_stream_with_its_live_status(admin_client_: Client, live_status: str) -> None:
+    registry.enable_stream(QUIET, "trade")
+    registry.enable_stream(QUIET, "aggTrade")
+    registry.disable_stream(QUIET, "aggTrade")
+    page = admin_client_.get(reverse(CHANGELIST)).content.decode().lower()
+    for text in ("zqadmusdt", "aggtrade", "last message age", "trades/s", "gaps healed", "connected",
+                 ">7.2<", ">3<", ">10", "—", ">enable<", ">disable<"):
+        assert text in page, text
+
+
+def test_the_list_leaves_out_other_periodic_tasks(admin_client_: Client) -> None:
+    registry.enable_stream(QUIET, "trade")
+    page = admin_client_.get(reverse(CHANGELIST)).content.decode()
+    assert "ZQADMUSDT" in page
+    assert "flush trades" not in page
+    assert SymbolStream.objects.count() == 1
+
+
+def test_the_add_page_creates_a_stream_for_a_listed_symbol(admin_client_: Client) -> None:
+    assert "Add symbol stream" in admin_client_.get(reverse(ADD)).content.decode()
+    response = admin_client_.post(reverse(ADD), {"symbol": "btcusdt", "channel": "aggTrade"})
+    assert response.status_code == 302, response.content.decode()
+    assert registry.enabled_streams() == [("BTCUSDT", "aggTrade")]
+
+
+def test_the_add_page_names_an_unknown_symbol(admin_client_: Client) -> None:
+    response = admin_client_.post(reverse(ADD), {"symbol": "dogeusdt", "channel": "trade"})
+    assert response.status_code == 200
+    assert "unknown symbol &#x27;DOGEUSDT&#x27;: not listed on the exchange" in response.content.decode()
+    assert not registry.stream_tasks().exists()
+
+
+def test_the_add_page_names_a_malformed_symbol(admin_client_: Client) -> None:
+    response = admin_client_.post(reverse(ADD), {"symbol": "BTC/USDT", "channel": "trade"})
+    assert "invalid symbol &#x27;BTC/USDT&#x27;" in response.content.decode()
+    assert not registry.stream_tasks().exists()
+
+
+def test_the_add_page_says_when_the_exchange_cannot_be_reached(admin_client_: Client, settings) -> None:
+    settings.BINANCE_REST_URL = "http://127.0.0.1:9"
+    response = admin_client_.post(reverse(ADD), {"symbol": "BTCUSDT", "channel": "trade"})
+    assert "Could not check BTCUSDT with the exchange" in response.content.decode()
+    assert not registry.stream_tasks().exists()
+
+
+def test_the_actions_enable_and_disable_the_selected_streams(admin_client_: Client) -> None:
+    task = registry.enable_stream("BTCUSDT", "trade")
+    other = registry.enable_stream("ETHUSDT", "trade")
+    response = admin_client_.post(reverse(CHANGELIST), {"action": "disable_selected",
+                                                         "_selected_action": [task.pk, other.pk]})
+    assert response.status_code == 302
+    assert registry.enabled_streams() == []
+    admin_client_.post(reverse(CHANGELIST), {"action": "enable_selected", "_selected_action": [task.pk]})
+    assert registry.enabled_streams() == [("BTCUSDT", "trade")]
+
+
+def test_a_stream_page_opens_read_only(admin_client_: Client) -> None:
+    task = registry.enable_stream("BTCUSDT", "trade")
+    response = admin_client_.get(reverse("admin:workers_symbolstream_change", args=[task.pk]))
+    assert response.status_code == 200
+    assert "stream btcusdt@trade" in response.content.decode()

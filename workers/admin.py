@@ -1,0 +1,177 @@
+"""Symbol streams in the admin: which (symbol, channel) pairs should run, and how each one is doing live."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
+from streams.binance.protocol import CHANNELS, TRADE, normalize_symbol
+from workers import registry
+from workers.keys import stream_id
+from workers.models import SymbolStream
+from workers.status import read_status
+
+logger = logging.getLogger(__name__)
+
+NONE = "—"
+_UNAVAILABLE = {"state": "status unavailable"}
+
+
+class AddSymbolStreamForm(forms.ModelForm):  # type: ignore[type-arg]
+    """Symbol and channel; the symbol is checked with the exchange before anything is created."""
+
+    symbol = forms.CharField(max_length=20, help_text="The exchange's symbol, like BTCUSDT.")
+    channel = forms.ChoiceField(choices=[(c, c) for c in CHANNELS], initial=TRADE)
+
+    class Meta:
+        model = SymbolStream
+        fields: list[str] = []
+
+    def clean_symbol(self) -> str:
+        try:
+            return normalize_symbol(self.cleaned_data["symbol"])
+        except InvalidStreamName as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if "symbol" in cleaned:
+            self._check_with_exchange(cleaned["symbol"])
+        return cleaned
+
+    def validate_unique(self) -> None:
+        """The registry keeps one task per stream (by name); PeriodicTask's own check wants a schedule,
+        which the registry sets, not this form."""
+
+    def _check_with_exchange(self, symbol: str) -> None:
+        try:
+            registry.validate_symbol(symbol)
+        except UnknownSymbol as exc:
+            self.add_error("symbol", str(exc))
+        except StreamError as exc:
+            logger.warning("could not validate symbol %s with the exchange: %s", symbol, exc)
+            self.add_error(None, f"Could not check {symbol} with the exchange, try again: {exc}")
+
+
+@admin.register(SymbolStream)
+class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("symbol", "channel", "enabled", "state", "last_message_age", "trades_per_s", "gaps_healed")
+    list_filter = ("enabled",)
+    search_fields = ("name",)
+    ordering = ("name",)
+    actions = ("enable_selected", "disable_selected")
+    fields = ("name", "enabled", "kwargs", "interval", "last_run_at", "total_run_count", "date_changed")
+    add_form = AddSymbolStreamForm
+
+    # --- list columns ---------------------------------------------------------------------------------
+
+    @admin.display(description="symbol")
+    def symbol(self, obj: SymbolStream) -> str:
+        key = _key(obj)
+        return key[0] if key else obj.name
+
+    @admin.display(description="channel")
+    def channel(self, obj: SymbolStream) -> str:
+        key = _key(obj)
+        return key[1] if key else NONE
+
+    @admin.display(description="state")
+    def state(self, obj: SymbolStream) -> str:
+        return _field(obj, "state")
+
+    @admin.display(description="last message age (s)")
+    def last_message_age(self, obj: SymbolStream) -> str:
+        return _field(obj, "last_message_age", "{:.1f}")
+
+    @admin.display(description="trades/s")
+    def trades_per_s(self, obj: SymbolStream) -> str:
+        return _field(obj, "trades_per_s", "{:.1f}")
+
+    @admin.display(description="gaps healed")
+    def gaps_healed(self, obj: SymbolStream) -> str:
+        return _field(obj, "gaps_healed", "{:.0f}")
+
+    # --- actions (through the registry, which tells beat about the change) -----------------------------
+
+    @admin.action(description="Enable")
+    def enable_selected(self, request: HttpRequest, queryset: QuerySet[SymbolStream]) -> None:
+        keys = [key for obj in queryset if (key := _key(obj))]
+        for symbol, channel in keys:
+            registry.enable_stream(symbol, channel)
+        self.message_user(request, f"Enabled {len(keys)} stream(s).", messages.SUCCESS)
+
+    @admin.action(description="Disable")
+    def disable_selected(self, request: HttpRequest, queryset: QuerySet[SymbolStream]) -> None:
+        changed = sum(registry.disable_stream(*key) for obj in queryset if (key := _key(obj)))
+        self.message_user(request, f"Disabled {changed} stream(s).", messages.SUCCESS)
+
+    # --- the add form creates through the registry; other changes only through the actions -------------
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = self.add_form
+            kwargs["fields"] = ["symbol", "channel"]
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return ["symbol", "channel"] if obj is None else self.fields
+
+    def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:
+        if change:
+            return super().save_form(request, form, change)
+        task = registry.enable_stream(form.cleaned_data["symbol"], form.cleaned_data["channel"])
+        return SymbolStream.objects.get(pk=task.pk)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)  # enable_stream has saved a new one
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        if change:
+            super().save_related(request, form, formsets, change)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the name and kwargs are the stream's identity; enable/disable are the actions
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # disable instead: the stream's history (last run, run count) stays
+
+
+def _key(obj: SymbolStream) -> tuple[str, str] | None:
+    """(SYMBOL, channel) of the row, or None for a task whose kwargs were edited into nonsense."""
+    try:
+        return registry.stream_key(obj)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _status(obj: SymbolStream) -> dict[str, Any] | None:
+    """The row's live status, read once per row (several columns show it)."""
+    if not hasattr(obj, "_live_status"):
+        obj._live_status = _read(obj)  # type: ignore[attr-defined]
+    return obj._live_status  # type: ignore[attr-defined, no-any-return]
+
+
+def _read(obj: SymbolStream) -> dict[str, Any] | None:
+    key = _key(obj)
+    if key is None:
+        return None
+    sid = stream_id(*key)
+    try:
+        return read_status(sid)
+    except redis.RedisError as exc:
+        logger.warning("cannot read the status of stream %s: %s", sid, exc)
+        return _UNAVAILABLE
+
+
+def _field(obj: SymbolStream, name: str, fmt: str = "{}") -> str:
+    status = _status(obj)
+    value = None if status is None else status.get(name)
+    return NONE if value is None or value == "" else fmt.format(value)
