@@ -31,7 +31,7 @@ run: setup
 	$(BIN)/honcho start -f Procfile
 
 demo: setup
-	$(BIN)/honcho start -f Procfile.demo
+	$(BIN)/honcho start -f Procfile.demo -e .env.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -64,12 +64,14 @@ class _Flusher(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True, name="bench-flush")
         self.stop = threading.Event()
-        self.latencies_ms: list[float] = []
+        self.window_start_ms = float("inf")
+        self.window_latencies_ms: list[float] = []
 
     def _store(self, trades: Sequence[Trade], using: str) -> StoreResult:
         result = store_trades(trades, using)
         now_ms = time.time() * 1000
-        self.latencies_ms.extend(now_ms - t.event_ts for t in trades)
+        start = self.window_start_ms
+        self.window_latencies_ms.extend(now_ms - t.event_ts for t in trades if t.event_ts >= start)
         return result
 
     def run(self) -> None:
@@ -168,16 +170,18 @@ def bench_latency(rate: float = 1000.0, symbols: int = 5, seconds: float = 10.0)
         flusher = _Flusher()
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
+        flusher.start()
         tasks = asyncio.run_coroutine_threadsafe(_run_streams(names, shutdown), loop).result()
         _wait(lambda: all((read_status(stream_id(s, TRADE)) or {}).get("state") == "connected" for s in names), 60)
-        flusher.start()
+        time.sleep(2.0)  # let the start-up backfill drain: the steady state is what is measured
+        flusher.window_start_ms = time.time() * 1000
         time.sleep(seconds)  # the measurement window itself
         shutdown.set()
         _wait(lambda: all(t.done() for t in tasks), 60)
         flusher.stop.set()
         flusher.join(timeout=30)
         loop.call_soon_threadsafe(loop.stop)
-    live = sorted(flusher.latencies_ms[len(flusher.latencies_ms) // 10:])  # skip the start-up backfill
+    live = sorted(flusher.window_latencies_ms)
     p50 = statistics.quantiles(live, n=100)[49]
     p99 = statistics.quantiles(live, n=100)[98]
     return [Result(f"event -> commit p50 at {rate:.0f} trades/s", int(p50), 1.0, "ms"),
