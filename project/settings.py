@@ -94,6 +94,7 @@ CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows the stream tasks and their
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_TASK_TRACK_STARTED = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # LOGGING below configures the root logger; no second handler
 
 CHANNEL_LAYERS = {
     "default": {

@@ -162,7 +162,8 @@ class BinanceRest:
                     raise error from exc
                 attempt += 1
                 self.stats.retries += 1
-                logger.warning("GET %s failed (%s); retry %d in %.1f s", path, error, attempt, delay)
+                logger.warning("%s: GET %s failed (%s); retry %d in %.1f s", params.get("symbol", "-"), path, error,
+                               attempt, delay)
                 await self._sleep(delay)
 
     async def _get_once(self, path: str, params: dict[str, Any]) -> Any:
