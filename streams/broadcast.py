@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 from redis.exceptions import RedisError
@@ -29,11 +30,22 @@ def symbol_group(symbol: str) -> str:
 
 
 def trade_message(trade: Trade) -> dict[str, Any]:
-    """A trade as the browser and other consumers get it: the seed's names, exact decimal strings."""
-    record = trade.as_record()
-    record["channel"] = trade.channel
-    record["event_ts"] = trade.event_ts
-    return record
+    """A trade as consumers get it: the seed's names, exact decimal strings, exchange times in ms."""
+    return {
+        "ticker_symbol": trade.symbol,
+        "channel": trade.channel,
+        "trade_id": trade.trade_id,
+        "price": trade.price_text,
+        "volume": trade.quantity_text,
+        "trade_ts": trade.trade_ts,
+        "event_ts": trade.event_ts,
+        "is_market_maker": trade.is_buyer_maker,
+    }
+
+
+def batch_json(trades: Sequence[Trade]) -> str:
+    """A batch as one JSON array, encoded once for every group (and forwarded to browsers as it is)."""
+    return orjson.dumps([trade_message(t) for t in trades]).decode()
 
 
 @dataclass
@@ -91,17 +103,18 @@ class Broadcaster:
 
     async def _send(self, trades: list[Trade]) -> None:
         assert self._layer is not None
-        messages = [trade_message(t) for t in trades]
-        sends = [(group, messages) for group in self.groups]
+        whole = {"type": MESSAGE_TYPE, "count": len(trades), "trades": batch_json(trades)}
+        sends = [(group, whole) for group in self.groups]
         if self.per_symbol:
-            by_symbol: dict[str, list[dict[str, Any]]] = {}
-            for message in messages:
-                by_symbol.setdefault(message["ticker_symbol"], []).append(message)
-            sends.extend((symbol_group(symbol), batch) for symbol, batch in by_symbol.items())
-        for group, batch in sends:
+            symbols = sorted({t.symbol for t in trades})
+            for symbol in symbols:  # a stream task has one symbol: its batch is encoded once for both groups
+                chosen = trades if len(symbols) == 1 else [t for t in trades if t.symbol == symbol]
+                part = whole if chosen is trades else {"type": MESSAGE_TYPE, "count": len(chosen),
+                                                       "trades": batch_json(chosen)}
+                sends.append((symbol_group(symbol), part))
+        for group, message in sends:
             try:
-                await asyncio.wait_for(self._layer.group_send(group, {"type": MESSAGE_TYPE, "trades": batch}),
-                                       self._timeout)
+                await asyncio.wait_for(self._layer.group_send(group, message), self._timeout)
             except (RedisError, ChannelFull, OSError, TimeoutError) as exc:
                 self._dropped(trades, f"{type(exc).__name__}: {exc}")
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
 from decimal import Decimal
@@ -140,7 +141,9 @@ def test_stored_batches_reach_the_binance_data_group(exchange: FakeExchange) -> 
                 while len(received) < 90:
                     message = await layer.receive(channel)
                     assert message["type"] == "trades.batch"
-                    received.extend(trade["trade_id"] for trade in message["trades"])
+                    batch = json.loads(message["trades"])  # one JSON text, forwarded to browsers as it is
+                    assert len(batch) == message["count"]
+                    received.extend(trade["trade_id"] for trade in batch)
         finally:
             await asyncio.to_thread(process.communicate, timeout=60)
             await layer.group_discard(ALL_TRADES_GROUP, channel)
