@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
 
 from asgiref.sync import sync_to_async
 
 from streams.binance.client import ClientConfig, StreamClient
 from streams.binance.protocol import Trade
+from streams.binance.waiting import STOPPED, Stopped, unless_stopped
 from streams.broadcast import ALL_TRADES_GROUP, Broadcaster
 from streams.storage import last_stored_ids
 from streams.writer import TradeWriter
@@ -20,7 +20,6 @@ from streams.writer import TradeWriter
 logger = logging.getLogger(__name__)
 
 _TAKE = 5_000  # trades taken from the client at a time
-T = TypeVar("T")
 
 
 @dataclass
@@ -86,12 +85,12 @@ async def collect_to_database(
         async with client:
             while limit is None or progress.received < limit:
                 want = _TAKE if limit is None else min(_TAKE, limit - progress.received)
-                batch = await _unless(stop, client.next_batch(want))
-                if batch is _STOPPED or not batch:
+                batch = await unless_stopped(client.next_batch(want), stop)
+                if isinstance(batch, Stopped) or not batch:
                     break
                 progress.received += len(batch)
                 progress.last_price = batch[-1].price_text
-                if await _unless(stop, writer.put_many(batch)) is _STOPPED:
+                if await unless_stopped(writer.put_many(batch), stop) is STOPPED:
                     writer.put_now(batch)  # stopping: past the bound; close() writes them or says so
                     break
         if limit is None:  # already read from the socket: handed on too, nothing read is dropped
@@ -104,24 +103,6 @@ async def collect_to_database(
         progress.unwritten = await writer.close(timeout=close_timeout)
         await broadcaster.close()
     return snapshot()
-
-
-_STOPPED: Any = object()
-
-
-async def _unless(stop: asyncio.Event, awaitable: Awaitable[T]) -> T:
-    """The awaitable's result, or _STOPPED if `stop` is set first (the awaitable is then cancelled)."""
-    task = asyncio.ensure_future(awaitable)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    return cast(T, _STOPPED)
 
 
 async def _report(snapshot: Callable[[], Progress], on_progress: Callable[[Progress], None] | None,

@@ -20,6 +20,7 @@ from streams.binance.client import ClientConfig, StreamClient
 from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
 from streams.binance.protocol import normalize_channel, normalize_symbol
 from streams.binance.rest import BinanceRest
+from streams.binance.waiting import Stopped, unless_stopped
 
 logger = logging.getLogger("streams.standalone")
 
@@ -63,22 +64,13 @@ async def collect(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, stop.set)
     printed = 0
     async with StreamClient(config) as client:
-        waiter = asyncio.create_task(stop.wait())
-        try:
-            while not args.limit or printed < args.limit:
-                getter = asyncio.ensure_future(anext(client))
-                await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    break
-                trade = getter.result()
-                sys.stdout.buffer.write(orjson.dumps(trade.as_record()) + b"\n")
-                sys.stdout.flush()
-                printed += 1
-        except StopAsyncIteration:
-            pass
-        finally:
-            waiter.cancel()
+        while not args.limit or printed < args.limit:
+            batch = await unless_stopped(client.next_batch(1), stop)
+            if isinstance(batch, Stopped) or not batch:
+                break
+            sys.stdout.buffer.write(orjson.dumps(batch[0].as_record()) + b"\n")
+            sys.stdout.flush()
+            printed += 1
     return 0
 
 

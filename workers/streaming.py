@@ -21,6 +21,7 @@ from django.db import connection
 
 from streams.binance.client import StreamClient
 from streams.binance.protocol import Trade
+from streams.binance.waiting import Stopped, unless_stopped
 from streams.broadcast import ALL_TRADES_GROUP, Broadcaster
 from streams.config import client_config
 from streams.storage import last_stored_ids
@@ -118,8 +119,8 @@ class _Runner:
     async def _pump(self) -> None:
         assert self.client is not None
         while not self.stopping.is_set():
-            batch = await _first(self.client.next_batch(_TAKE), self.stopping)
-            if batch is None or not batch:
+            batch = await unless_stopped(self.client.next_batch(_TAKE), self.stopping)
+            if isinstance(batch, Stopped) or not batch:
                 return
             await self._hand_over(batch)
 
@@ -214,18 +215,3 @@ def _last_stored_then_close(key: tuple[str, str]) -> dict[tuple[str, str], int]:
         return last_stored_ids([key])
     finally:
         connection.close()
-
-
-async def _first(awaitable: Any, stop: asyncio.Event) -> Any:
-    """The awaitable's result, or None once `stop` is set (the awaitable is then cancelled)."""
-    task = asyncio.ensure_future(awaitable)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    return None
