@@ -1,12 +1,18 @@
-"""ASGI entry point: Django for HTTP, Channels for WebSockets."""
+"""ASGI entry point: Django for HTTP, Channels for WebSockets (origin checked against ALLOWED_HOSTS)."""
 
 import os
 
-from channels.routing import ProtocolTypeRouter
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 django_asgi_app = get_asgi_application()
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from streams.routing import websocket_urlpatterns  # noqa: E402 - needs Django set up first
+
+application = ProtocolTypeRouter({
+    "http": django_asgi_app,
+    "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+})

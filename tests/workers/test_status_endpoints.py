@@ -1,0 +1,72 @@
+"""/api/streams/, /metrics and /healthz on the real Redis and database."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.tcpproxy import tcp_proxy
+from workers.keys import BEAT_SEEN, status_key
+from workers.redis import sync_redis
+from workers.registry import enable_stream
+
+pytestmark = pytest.mark.django_db
+
+
+def report_status(sid: str, **fields: Any) -> None:
+    now = time.time()
+    values = {"state": "connected", "worker": "w1", "updated_at": now, "last_frame_at": now, "trades": 42,
+              "reconnects": 1, "gaps_healed": 2, "lag_ms": 15}
+    values.update(fields)
+    sync_redis().hset(status_key(sid), mapping={k: str(v) for k, v in values.items()})
+
+
+def test_a_stalled_stream_shows_as_stalled(clean_redis: None, settings: Any) -> None:
+    settings.COLLECTOR_STALE_AFTER = 5.0
+    enable_stream("BTCUSDT", "trade")
+    enable_stream("ETHUSDT", "trade")
+    enable_stream("BNBUSDT", "trade")
+    report_status("btcusdt@trade")
+    report_status("ethusdt@trade", last_frame_at=time.time() - 60)  # open socket, nothing for a minute
+    body = Client().get("/api/streams/").json()
+    states = {entry["stream"]: entry["state"] for entry in body["streams"]}
+    assert states == {"btcusdt@trade": "connected", "ethusdt@trade": "stalled", "bnbusdt@trade": "not running"}
+    btc = next(e for e in body["streams"] if e["stream"] == "btcusdt@trade")
+    assert (btc["trades"], btc["reconnects"], btc["gaps_healed"], btc["worker"]) == (42, 1, 2, "w1")
+    assert body["buffer"]["trades_waiting"] == 0
+
+
+def test_metrics_parse_as_prometheus_text(clean_redis: None) -> None:
+    enable_stream("BTCUSDT", "trade")
+    report_status("btcusdt@trade")
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(response.content.decode())}
+    up = families["collector_stream_up"].samples[0]
+    assert up.labels == {"stream": "btcusdt@trade", "state": "connected"} and up.value == 1.0
+    assert families["collector_stream_trades"].samples[0].value == 42.0
+    assert families["collector_buffer_trades_waiting"].samples[0].value == 0.0
+
+
+def test_healthz_turns_503_when_redis_stops(clean_redis: None, settings: Any) -> None:
+    with tcp_proxy("127.0.0.1", 6379) as proxy:
+        settings.REDIS_URL = f"redis://127.0.0.1:{proxy.port}/15"
+        sync_redis.cache_clear()
+        try:
+            sync_redis().set(BEAT_SEEN, f"{time.time():.3f}")
+            assert Client().get("/healthz").status_code == 200
+            proxy.cut()
+            response = Client().get("/healthz")
+            assert response.status_code == 503
+            assert response.json()["problems"][0].startswith("redis:")
+        finally:
+            sync_redis.cache_clear()
+
+
+def test_healthz_says_when_the_beat_has_not_run(clean_redis: None) -> None:
+    response = Client().get("/healthz")
+    assert response.status_code == 503 and "beat" in response.json()["problems"][0]
