@@ -26,6 +26,7 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 
 setup: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 
 run: setup
 	$(BIN)/honcho start -f Procfile

@@ -3,9 +3,12 @@
 from django.contrib import admin
 from django.urls import path
 
+from streams import views as pages
 from workers import views
 
 urlpatterns = [
+    path("", pages.live, name="live"),
+    path("status/", pages.status, name="status"),
     path("admin/", admin.site.urls),
     path("api/streams/", views.streams_api, name="streams-api"),
     path("healthz", views.healthz, name="healthz"),

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from django.db import models
 
-from streams.binance.protocol import AGG_TRADE, TRADE
+from streams.binance.protocol import AGG_TRADE, TRADE, Trade
 
 # Binance quotes every spot price and quantity with 8 decimals; 20 integer digits cover the largest.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 PRICE_DIGITS = 28
 PRICE_DECIMALS = 8
 
@@ -41,6 +45,12 @@ class PriceUpdate(models.Model):
             models.Index(fields=["ticker_symbol", "-trade_time"], name="latest_trades"),
         ]
         ordering = ["-trade_time"]
+
+    def as_trade(self) -> Trade:
+        """The stored row as the protocol's Trade (times back in exchange milliseconds)."""
+        return Trade(self.ticker_symbol, self.channel, self.trade_id, str(self.price), str(self.volume),
+                     (self.trade_time - _EPOCH) // _MILLISECOND, (self.event_time - _EPOCH) // _MILLISECOND,
+                     self.is_market_maker, self.first_trade_id, self.last_trade_id)
 
     def __str__(self) -> str:
         return f"{self.ticker_symbol} {self.channel} #{self.trade_id} {self.volume} @ {self.price}"

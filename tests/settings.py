@@ -8,5 +8,7 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 
 from project.settings import *  # noqa: F403
 
+STATIC_ROOT.mkdir(exist_ok=True)  # noqa: F405 - whitenoise serves from it (make setup runs collectstatic)
+
 # A second, SQLite database: the embedded default's storage path is tested beside PostgreSQL's.
 DATABASES["sqlite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:", "TEST": {"NAME": ":memory:"}}  # noqa: F405

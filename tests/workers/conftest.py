@@ -21,14 +21,6 @@ FAST = {
 
 
 @pytest.fixture
-def clean_redis() -> Iterator[None]:
-    client = sync_redis()
-    client.flushdb()
-    yield
-    client.flushdb()
-
-
-@pytest.fixture
 def fast_settings(settings: Any) -> Any:
     for name, value in FAST.items():
         setattr(settings, name, value)

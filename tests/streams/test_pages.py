@@ -1,0 +1,68 @@
+"""The live page opens with the latest stored trades; the status page lists the streams."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from streams.binance.protocol import TRADE, Trade
+from streams.models import PriceUpdate
+from streams.storage import store_trades
+from workers.keys import status_key
+from workers.redis import sync_redis
+from workers.registry import enable_stream
+
+pytestmark = pytest.mark.django_db
+
+
+def make(symbol: str, count: int) -> list[Trade]:
+    return [Trade(symbol, TRADE, 1000 + i, f"{100 + i}.25000000", "0.50000000", 1723161255342 + i,
+                  1723161255350 + i, i % 2 == 0) for i in range(count)]
+
+
+def test_the_live_page_opens_with_each_enabled_symbols_latest_trades(settings: Any, clean_redis: None) -> None:
+    settings.LIVE_PAGE_TRADES = 5
+    enable_stream("BTCUSDT", TRADE)
+    enable_stream("ETHUSDT", TRADE)
+    store_trades(make("BTCUSDT", 8) + make("ETHUSDT", 2))
+    response = Client().get("/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    initial = json.loads(re.search(r'<script id="initial-trades" type="application/json">(.*?)</script>',
+                                   html, re.S).group(1))
+    assert [t["trade_id"] for t in initial["BTCUSDT"]] == [1003, 1004, 1005, 1006, 1007]  # the latest, in order
+    assert initial["BTCUSDT"][-1] == {"ticker_symbol": "BTCUSDT", "channel": "trade", "trade_id": 1007,
+                                      "price": "107.25000000", "volume": "0.50000000", "trade_ts": 1723161255349,
+                                      "event_ts": 1723161255357, "is_market_maker": False}
+    assert len(initial["ETHUSDT"]) == 2
+    assert 'data-symbol="BTCUSDT"' in html and 'data-symbol="ETHUSDT"' in html
+    assert "/static/streams/live.js" in html and "cdn" not in html.lower()
+
+
+def test_the_live_page_says_how_to_enable_a_stream_when_none_is(clean_redis: None) -> None:
+    assert "manage.py streams enable" in Client().get("/").content.decode()
+
+
+def test_the_pages_static_files_are_served_by_the_app_itself() -> None:
+    response = Client().get("/static/streams/live.js")
+    assert response.status_code == 200
+    assert b"new WebSocket" in b"".join(response.streaming_content)
+
+
+def test_a_stored_row_turns_back_into_the_same_trade() -> None:
+    trade = make("BTCUSDT", 1)[0]
+    store_trades([trade])
+    assert PriceUpdate.objects.get().as_trade() == trade
+
+
+def test_the_status_page_lists_the_streams_and_their_state(clean_redis: None) -> None:
+    enable_stream("BTCUSDT", TRADE)
+    sync_redis().hset(status_key("btcusdt@trade"), mapping={
+        "state": "connected", "worker": "w1", "updated_at": str(time.time()), "last_frame_at": str(time.time())})
+    html = Client().get("/status/").content.decode()
+    assert "btcusdt@trade" in html and "connected" in html and "w1" in html
