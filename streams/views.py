@@ -12,7 +12,7 @@ from streams.models import PriceUpdate
 
 
 def _latest(symbol: str, limit: int) -> list[dict[str, object]]:
-    rows = PriceUpdate.objects.filter(ticker_symbol=symbol).order_by("-trade_id")[:limit]
+    rows = PriceUpdate.objects.filter(ticker_symbol=symbol).order_by("-trade_time", "-trade_id")[:limit]
     return [trade_message(row.as_trade()) for row in reversed(rows)]
 
 
