@@ -31,6 +31,7 @@ from workers.redis import sync_redis
 logger = logging.getLogger(__name__)
 
 STREAMS_QUEUE = "streams"
+_EVENT_NAMES = {"worker": "stream_owner", "state": "stream_state"}
 SHUTDOWN = threading.Event()  # set when this worker process starts its shutdown
 
 
@@ -49,7 +50,9 @@ def run_stream(self: Task, symbol: str, channel: str) -> str:
 
     def publish(stats: dict[str, Any]) -> None:
         # Task events are what Flower shows live; update_state alone is invisible to it.
-        self.send_event("task-stream-stats", **{k: v for k, v in stats.items() if v is not None})
+        # "worker" and "state" are Celery's own task fields (Flower breaks if "worker" is a string).
+        fields = {_EVENT_NAMES.get(k, k): v for k, v in stats.items() if v is not None}
+        self.send_event("task-streaming", **fields)
         self.update_state(state="STREAMING", meta=stats)
 
     outcome = asyncio.run(run_stream_until_stopped(symbol, channel, owner=owner, shutdown=SHUTDOWN,
