@@ -201,4 +201,81 @@ def run_pipeline_benchmarks(count: int) -> list[Result]:
         PriceUpdate.objects.all().delete()
         results.extend(bench_latency())
         _clean_redis()
+        results.extend(bench_browser_latency())
+        _clean_redis()
     return results
+
+
+def bench_browser_latency(rate: float = 1000.0, symbols: int = 5, seconds: float = 10.0) -> list[Result]:
+    """Exchange event time -> a WebSocket client of ws/trades/ (served by uvicorn) receiving the trade."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    names = [f"WEB{i}USDT" for i in range(symbols)]
+    db = connections["default"].settings_dict
+    env = {**os.environ, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "project.settings", "LOG_LEVEL": "WARNING",
+           "REDIS_URL": settings.REDIS_URL,
+           "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
+    port = _free_port()
+    web = subprocess.Popen([sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",  # noqa: S603
+                            "--port", str(port), "--log-level", "warning"], env=env)
+    latencies: list[float] = []
+    try:
+        with exchange_process(dict.fromkeys(names, rate / symbols)) as (ws_url, rest_url, _, __):
+            settings.BINANCE_WS_URL, settings.BINANCE_REST_URL = ws_url, rest_url
+            shutdown = threading.Event()
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, daemon=True).start()
+            tasks = asyncio.run_coroutine_threadsafe(_run_streams(names, shutdown), loop).result()
+            _wait(lambda: all((read_status(stream_id(s, TRADE)) or {}).get("state") == "connected"
+                              for s in names), 60)
+            latencies = asyncio.run(_browser(port, seconds))
+            shutdown.set()
+            _wait(lambda: all(t.done() for t in tasks), 60)
+            loop.call_soon_threadsafe(loop.stop)
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+    ordered = sorted(latencies)
+    cuts = statistics.quantiles(ordered, n=100)
+    return [Result(f"event -> browser p50 at {rate:.0f} trades/s", int(cuts[49]), 1.0, "ms"),
+            Result(f"event -> browser p99 at {rate:.0f} trades/s", int(cuts[98]), 1.0, "ms")]
+
+
+async def _browser(port: int, seconds: float) -> list[float]:
+    import orjson
+    from websockets.asyncio.client import connect
+
+    latencies: list[float] = []
+    deadline = time.monotonic() + 30
+    while True:  # the server may still be starting
+        try:
+            ws = await connect(f"ws://127.0.0.1:{port}/ws/trades/", origin=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    async with ws:
+        await asyncio.sleep(2.0)  # past the start-up backfill: the steady state is measured
+        start_ms = time.time() * 1000
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            try:
+                text = await asyncio.wait_for(ws.recv(), left)
+            except TimeoutError:
+                break
+            now_ms = time.time() * 1000
+            latencies.extend(now_ms - t["event_ts"] for t in orjson.loads(text) if t["event_ts"] >= start_ms)
+    return latencies
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
