@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from streams.binance.protocol import Trade
-from streams.fake.faults import Fault, FaultRates, fault_from
+from streams.fake.faults import DEFAULT_COUNTS, Fault, FaultRates, fault_from
 from streams.fake.market import Market
 from streams.fake.rest import RestServer
 from streams.fake.ws import WsServer
@@ -40,10 +40,12 @@ class Stats:
     disconnects: Counter[str] = field(default_factory=Counter)  # server-side closes per reason
     messages_sent: int = 0
     messages_received: int = 0
+    replayed: int = 0  # trade events sent again by the replay fault (also in messages_sent)
     rest_requests: Counter[str] = field(default_factory=Counter)  # per path
     rest_429: int = 0
     rest_418: int = 0
     rest_503: int = 0
+    rest_garbage: int = 0  # answers replaced by a proxy's HTML page (the rest_garbage fault)
     faults: Counter[str] = field(default_factory=Counter)  # faults applied, per kind
 
     @property
@@ -111,6 +113,7 @@ class FakeExchange:
             connection_window=connection_window,
             send_queue_limit=send_queue_limit,
             is_down=self.is_down,
+            market_of=self.markets.get,
         )
         self._rest = RestServer(self, host, rest_port, weight_limit, weight_window)
         self.host = host
@@ -255,6 +258,10 @@ class FakeExchange:
             self._stats.faults[fault.kind] += 1
             self._rest.forced_429 += fault.count
             return 0
+        if fault.kind == "rest_garbage":
+            self._stats.faults[fault.kind] += 1
+            self._rest.forced_garbage += fault.count
+            return 0
         if fault.kind == "up":
             self._down_until = None
             return 0
@@ -271,15 +278,22 @@ class FakeExchange:
         return len(targets)
 
     async def _random_faults(self) -> None:
-        """Each connection suffers each fault at its rate per second (FaultRates), from a seeded RNG."""
+        """Faults at their FaultRates from a seeded RNG: per connection, and per exchange (rest_garbage).
+
+        Only rates above zero draw from the RNG, so a seed gives the same faults as before a new kind existed.
+        """
         rng = random.Random(f"{self.seed}:faults")
-        rates = self.fault_rates.items()
+        per_connection, per_exchange = self.fault_rates.per_connection(), self.fault_rates.per_exchange()
         while True:
             await asyncio.sleep(_FAULT_TICK)
             for session in sorted(self._ws.sessions, key=lambda s: s.opened):
-                for kind, rate in rates:
+                for kind, rate in per_connection:
                     if session.closing is None and rng.random() < rate * _FAULT_TICK:
-                        session.apply(Fault(kind, code=rng.choice((1000, 1001, 1011)), duration=None))
+                        code = rng.choice((1000, 1001, 1011))
+                        session.apply(Fault(kind, code=code, count=DEFAULT_COUNTS.get(kind, 1)))
+            for kind, rate in per_exchange:
+                if rng.random() < rate * _FAULT_TICK:
+                    self._apply(Fault(kind, count=DEFAULT_COUNTS.get(kind, 1)))
 
 
 def _now_ms() -> int:

@@ -103,6 +103,10 @@ class Market:
     def next_id(self) -> int:
         return self.first_id + len(self.trades)
 
+    @property
+    def next_agg_id(self) -> int:
+        return self.first_agg_id + len(self.agg_trades)
+
     def make(self, count: int, now_ms: int, whole_orders: bool = False) -> tuple[list[Trade], list[Trade]]:
         """Make `count` trades at `now_ms` (more if `whole_orders` finishes the last order)."""
         fills: list[Fill] = []

@@ -21,6 +21,7 @@ import h11
 import orjson
 
 from streams.binance.protocol import AGG_TRADE, TRADE, Trade
+from streams.fake.faults import HTML_CONTENT_TYPE, HTML_ERROR_PAGE
 from streams.fake.market import SymbolSpec, decimal_text, micros, quote_quantity
 
 if TYPE_CHECKING:
@@ -40,7 +41,18 @@ _ROUTES: Final = {  # path: weight ("Weight:" of each endpoint)
     "/api/v3/aggTrades": 4,
 }
 
-Reply = tuple[int, Any, dict[str, str]]  # status, JSON body, extra headers
+JSON_CONTENT_TYPE: Final = "application/json;charset=UTF-8"
+
+
+@dataclass(frozen=True, slots=True)
+class RawBody:
+    """A body sent as it is, not as JSON: what something other than the exchange answers."""
+
+    data: bytes
+    content_type: str
+
+
+Reply = tuple[int, Any, dict[str, str]]  # status, JSON body (or a RawBody), extra headers
 
 
 class ApiError(Exception):
@@ -146,6 +158,7 @@ class RestServer:
         self.exchange, self.host, self.port = exchange, host, port
         self.limiter = WeightLimiter(weight_limit, weight_window)
         self.forced_429 = 0  # the rest_429 fault
+        self.forced_garbage = 0  # the rest_garbage fault
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
 
@@ -208,9 +221,13 @@ class RestServer:
         payload: Any,
         headers: dict[str, str],
     ) -> None:
-        data = orjson.dumps(payload)
+        """Send a response: `payload` as JSON, or a RawBody's bytes under its own content type."""
+        if isinstance(payload, RawBody):
+            data, content_type = payload.data, payload.content_type
+        else:
+            data, content_type = orjson.dumps(payload), JSON_CONTENT_TYPE
         head = [
-            ("Content-Type", "application/json;charset=UTF-8"),
+            ("Content-Type", content_type),
             ("Content-Length", str(len(data))),
             *headers.items(),
         ]
@@ -225,6 +242,11 @@ class RestServer:
         stats.rest_requests[url.path] += 1
         if url.path.startswith("/fake/"):
             return self._control(request.method.decode(), url.path, url.query, body)
+        if self.forced_garbage and url.path in _ROUTES:
+            # A proxy in front answers for the exchange, before it (no weight used), whatever its state.
+            self.forced_garbage -= 1
+            stats.rest_garbage += 1
+            return 200, RawBody(HTML_ERROR_PAGE, HTML_CONTENT_TYPE), {}
         if self.exchange.is_down():
             stats.rest_503 += 1
             return (

@@ -24,9 +24,9 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from streams.binance.protocol import Trade
+from streams.binance.protocol import TRADE, Trade
 from streams.fake.faults import GARBAGE_VARIANTS, Fault, garbage_frame
-from streams.fake.market import trade_payload
+from streams.fake.market import Market, decimal_text, micros, trade_payload
 
 if TYPE_CHECKING:
     from streams.fake.exchange import Stats
@@ -255,9 +255,11 @@ class Session:
         elif fault.kind == "stall":
             self.stall(fault.duration)
         elif fault.kind == "garbage":
-            self.send_garbage(fault.variant)
+            self.send_garbage(fault.variant, fault.symbol)
         elif fault.kind == "shutdown":
             self.announce_shutdown(fault.grace)
+        elif fault.kind == "replay":
+            self.replay(fault.symbol, fault.count)
 
     def stall(self, duration: float | None) -> None:
         """Go silent both ways: hold sends, stop reading (so the client's pings get no pong)."""
@@ -275,15 +277,56 @@ class Session:
         if not self.ws.transport.is_closing():
             self.ws.transport.resume_reading()
 
-    def send_garbage(self, variant: str | None) -> None:
+    def send_garbage(self, variant: str | None, symbol: str | None = None) -> None:
+        """One bad frame, labelled with a stream of `symbol` (any stream when None); variants in turn."""
         if variant is None:
             variant = GARBAGE_VARIANTS[self.garbage_turn % len(GARBAGE_VARIANTS)]
             self.garbage_turn += 1
-        stream = next(iter(self.subscriptions), "btcusdt@trade")
-        symbol = stream.split("@")[0].upper()
+        streams = [s for s in self.subscriptions if symbol is None or s.startswith(symbol.lower() + "@")]
+        stream = next(iter(streams), "btcusdt@trade")
+        name, _, channel = stream.partition("@")
+        next_id, price = self._next_of(name, channel)
+        now_ms = int(time.time() * 1000)
         self.enqueue(
-            garbage_frame(variant, symbol, stream if self.combined else None, int(time.time() * 1000))
+            garbage_frame(
+                variant,
+                name.upper(),
+                stream if self.combined else None,
+                micros(now_ms) if self.in_micros else now_ms,
+                channel=channel,
+                next_id=next_id,
+                price=price,
+            )
         )
+
+    def _next_of(self, name: str, channel: str) -> tuple[int, str]:
+        """The id a stream's next event will carry and its latest price, so poison frames look real."""
+        market = self.server.market_of(name.upper())
+        if market is None:  # a stream of an unlisted symbol: no record for any id to collide with
+            return 0, "1.00000000"
+        if channel == TRADE:
+            next_id, record = market.next_id, market.trades
+        else:
+            next_id, record = market.next_agg_id, market.agg_trades
+        return next_id, record[-1].price_text if record else decimal_text(market.spec.start_price)
+
+    def replay(self, symbol: str | None, count: int) -> None:
+        """Send the last `count` trades of each subscribed stream of `symbol` (all when None) again.
+
+        As a replaying server would: the same ids and content as first sent, oldest first, so the client
+        sees the ids go back; the record is not touched.
+        """
+        if self.closing is not None:
+            return
+        for stream in list(self.subscriptions):
+            name, _, channel = stream.partition("@")
+            market = self.server.market_of(name.upper())
+            if market is None or (symbol is not None and name != symbol.lower()):
+                continue  # an unlisted symbol has no record to replay
+            trades = (market.trades if channel == TRADE else market.agg_trades)[-count:]
+            self.server.stats.replayed += len(trades)
+            for payload in encode_events(stream, trades, self.combined, self.in_micros):
+                self.enqueue((True, payload))
 
     def announce_shutdown(self, grace: float) -> None:
         # "Server Shutdown": the event, then the disconnection.
@@ -380,12 +423,14 @@ class WsServer:
         connection_window: float,
         send_queue_limit: int,
         is_down: Callable[[], bool],
+        market_of: Callable[[str], Market | None],
     ) -> None:
         self.stats, self.host, self.port = stats, host, port
         self.ping_interval, self.pong_timeout, self.max_lifetime = ping_interval, pong_timeout, max_lifetime
         self.message_limit, self.send_queue_limit = message_limit, send_queue_limit
         self.connection_limit, self.connection_window = connection_limit, connection_window
         self.is_down = is_down
+        self.market_of = market_of  # by symbol, upper case: the record that replays and poison frames follow
         self.sessions: set[Session] = set()
         self.by_stream: dict[str, set[Session]] = defaultdict(set)
         self._attempts: dict[str, deque[float]] = defaultdict(deque)

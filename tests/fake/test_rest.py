@@ -7,6 +7,8 @@ import pytest
 
 from streams.binance.protocol import AGG_TRADE, TRADE, Trade, trade_from_rest
 from streams.fake.exchange import FakeExchange
+from streams.fake.faults import FaultRates
+from tests.fake import wait_until
 
 
 async def test_historical_trades_paginated_by_from_id_equal_the_record() -> None:
@@ -130,3 +132,51 @@ async def test_control_endpoint_injects_faults_and_serves_the_record_and_stats()
         assert (await http.post("/fake/faults", json={"kind": "explode"})).status_code == 400
         stats = (await http.get("/fake/stats")).json()
         assert stats["rest_429"] == 2 and stats["rest_requests"]["/api/v3/trades"] == 3
+
+
+async def test_rest_garbage_answers_200_with_an_html_page_then_json_again() -> None:
+    async with FakeExchange({"BTCUSDT": 0}) as ex, httpx.AsyncClient(base_url=ex.rest_url) as http:
+        made = ex.make_trades("BTCUSDT", 5)
+        assert ex.inject("rest_garbage", count=2) == 0
+        assert (await http.get("/fake/stats")).json()["rest_garbage"] == 0  # control endpoints are not hit
+        assert (await http.get("/api/v3/nowhere")).status_code == 404  # nor unknown paths
+        for path, params in (("/api/v3/trades", {"symbol": "BTCUSDT"}), ("/api/v3/exchangeInfo", {})):
+            response = await http.get(path, params=params)
+            assert response.status_code == 200
+            assert response.headers["Content-Type"] == "text/html"
+            assert response.text.startswith("<html>") and "502 Bad Gateway" in response.text
+            assert "X-MBX-USED-WEIGHT-1M" not in response.headers  # a proxy answered, not the exchange
+            with pytest.raises(ValueError):  # json.JSONDecodeError
+                response.json()
+        response = await http.get("/api/v3/historicalTrades", params={"symbol": "BTCUSDT", "fromId": 0})
+        assert response.status_code == 200 and response.headers["Content-Type"].startswith("application/json")
+        assert [row["id"] for row in response.json()] == [t.trade_id for t in made]
+        assert response.headers["X-MBX-USED-WEIGHT-1M"] == "25"  # the garbage answers used no weight
+        stats = ex.stats
+        assert (stats.rest_garbage, stats.faults["rest_garbage"]) == (2, 1)
+
+
+async def test_rest_garbage_through_the_control_endpoint_defaults_to_one_answer() -> None:
+    async with FakeExchange({"BTCUSDT": 0}) as ex, httpx.AsyncClient(base_url=ex.rest_url) as http:
+        response = await http.post("/fake/faults", json={"kind": "rest_garbage"})
+        assert response.status_code == 200 and response.json() == {"affected": 0}
+        params = {"symbol": "BTCUSDT"}
+        assert (await http.get("/api/v3/aggTrades", params=params)).headers["Content-Type"] == "text/html"
+        assert (await http.get("/api/v3/aggTrades", params=params)).json() == []
+        bad = await http.post("/fake/faults", json={"kind": "rest_garbage", "count": 0})
+        assert bad.status_code == 400 and "count 0" in bad.json()["error"]
+        bad = await http.post("/fake/faults", json={"kind": "replay", "symbol": "BTCUSDT", "colour": "red"})
+        assert bad.status_code == 400 and "colour" in bad.json()["error"]
+        stats = (await http.get("/fake/stats")).json()
+        assert stats["rest_garbage"] == 1 and stats["faults"] == {"rest_garbage": 1}
+
+
+async def test_random_rest_garbage_replaces_the_next_answer() -> None:
+    async with (
+        FakeExchange({"BTCUSDT": 0}, faults=FaultRates(rest_garbage=5.0)) as ex,
+        httpx.AsyncClient(base_url=ex.rest_url) as http,
+    ):
+        await wait_until(lambda: ex.stats.faults["rest_garbage"] >= 1)
+        response = await http.get("/api/v3/trades", params={"symbol": "BTCUSDT"})
+        assert response.status_code == 200 and response.headers["Content-Type"] == "text/html"
+        assert ex.stats.rest_garbage == 1

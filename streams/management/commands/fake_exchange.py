@@ -51,6 +51,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--garbage-rate", type=float, default=0.0, help="bad frames per connection per second"
         )
+        parser.add_argument(
+            "--replay-rate",
+            type=float,
+            default=0.0,
+            help="replays of the last 20 trades per connection per second",
+        )
+        parser.add_argument(
+            "--rest-garbage-rate",
+            type=float,
+            default=0.0,
+            help="REST answers replaced by an HTML error page, per second for the whole exchange",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         for name in ("ws_port", "rest_port"):
@@ -60,7 +72,11 @@ class Command(BaseCommand):
             raise CommandError("--lifetime must be > 0 seconds")
         try:
             rates = FaultRates(
-                drop=options["drop_rate"], stall=options["stall_rate"], garbage=options["garbage_rate"]
+                drop=options["drop_rate"],
+                stall=options["stall_rate"],
+                garbage=options["garbage_rate"],
+                replay=options["replay_rate"],
+                rest_garbage=options["rest_garbage_rate"],
             )
             exchange = FakeExchange(
                 parse_symbols(options["symbols"]),
