@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import dj_database_url
@@ -133,17 +134,36 @@ COLLECTOR_LEASE_TTL = env_float("COLLECTOR_LEASE_TTL", 30.0, minimum=1.0)
 COLLECTOR_STALE_AFTER = env_float("COLLECTOR_STALE_AFTER", 60.0, minimum=1.0)  # heartbeat or data age
 COLLECTOR_SUPERVISE_INTERVAL = env_float("COLLECTOR_SUPERVISE_INTERVAL", 10.0, minimum=1.0)
 COLLECTOR_AUDIT_INTERVAL = env_float("COLLECTOR_AUDIT_INTERVAL", 300.0, minimum=10.0)
-COLLECTOR_AUDIT_WINDOW = env_int("COLLECTOR_AUDIT_WINDOW", 100_000, minimum=1)  # newest trade ids checked
+# Ids checked per stream and pass above its verified watermark (workers.audit): the whole stored range is
+# covered, a slice per pass.
+COLLECTOR_AUDIT_SCAN = env_int("COLLECTOR_AUDIT_SCAN", 1_000_000, minimum=1000)
 # Connection attempts of all stream tasks together (the exchange allows 300 per 5 minutes per IP).
 COLLECTOR_CONNECTION_BUDGET = env_int("COLLECTOR_CONNECTION_BUDGET", 250, minimum=1)
 COLLECTOR_CONNECTION_WINDOW = env_float("COLLECTOR_CONNECTION_WINDOW", 300.0, minimum=1.0)
 
+# --- Logs (README "Logs"): one line per record on stderr, the stream id on every line of a stream ------
+# Celery's worker and beat apply this too (project/celery.py), so LOG_LEVEL is the one knob: celery -l is
+# ignored. LOG_FORMAT=json writes one JSON object per line for log shippers.
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").strip().upper()
+if not isinstance(logging.getLevelName(LOG_LEVEL), int):
+    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a level (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not a log format (plain or json)")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    # One line per REST request is noise at INFO; failures are logged by the REST client itself.
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "filters": {"stream": {"()": "project.logs.StreamFilter"}},
+    "formatters": {"plain": {"()": "project.logs.PlainFormatter"}, "json": {"()": "project.logs.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["stream"],
+                             "level": LOG_LEVEL}},  # also caps loggers that set their own level (uvicorn's)
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # One line per REST request is noise at INFO; failures are logged by the REST client itself.
+        "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"},
+        # Django's and uvicorn's own handlers (unescaped, their own format) replaced by the one above.
+        "django": {"level": "NOTSET"}, "django.server": {"propagate": True},
+        "uvicorn": {"propagate": True}, "uvicorn.access": {"propagate": True},
+    },
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,12 @@ from streams.binance.protocol import Trade
 logger = logging.getLogger(__name__)
 
 ALL_TRADES_GROUP = "binance_data"
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+
+
+def _create_task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    return asyncio.create_task(coro, name=name)
+
 MESSAGE_TYPE = "trades.batch"
 
 
@@ -70,13 +76,15 @@ class Broadcaster:
         self._timeout = timeout
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    def start(self, spawn: Spawn | None = None) -> None:
+        """Start the sender task, through `spawn` when the caller supervises its tasks (a TaskGroup)."""
         if self._layer is None:
             self._layer = get_channel_layer()
         if self._layer is None:
             logger.warning("no channel layer configured: trades are stored but not broadcast")
             return
-        self._task = asyncio.create_task(self._send_forever(), name="broadcaster")
+        spawn = spawn or _create_task
+        self._task = spawn(self._send_forever(), "broadcaster")
 
     def offer(self, trades: list[Trade]) -> None:
         """Queue a batch for sending, or drop it (counted) when the sender is behind."""
@@ -88,7 +96,8 @@ class Broadcaster:
             self._dropped(trades, "the broadcast queue is full")
 
     async def close(self) -> None:
-        if self._task is None:
+        """Send what is queued (bounded by the timeout), then end the sender; idempotent."""
+        if self._task is None or self._task.done():
             return
         try:
             self._queue.put_nowait(None)

@@ -19,8 +19,9 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.db.models import Max
 from psycopg.errors import UniqueViolation
 
-from streams.binance.protocol import Trade
-from streams.models import PRICE_DECIMALS, PRICE_DIGITS, PriceUpdate
+from streams.binance.protocol import Trade, decimal_fits
+from streams.failures import Failure, classify, describe
+from streams.models import PriceUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ _TABLE = PriceUpdate._meta.db_table
 _COLUMNS = ("ticker_symbol", "channel", "trade_id", "price", "volume", "trade_time", "event_time",
             "is_market_maker", "first_trade_id", "last_trade_id")
 _MICROSECOND_THRESHOLD = 10**14
-_INTEGER_DIGITS = PRICE_DIGITS - PRICE_DECIMALS
 
 _STAGE_DDL = """
 CREATE TEMPORARY TABLE IF NOT EXISTS trade_stage (
@@ -57,27 +57,63 @@ ON CONFLICT (ticker_symbol, channel, trade_id) DO NOTHING
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A trade the database refused for its content, and its reason (the database's own words)."""
+
+    trade: Trade
+    reason: str
+
+
+@dataclass(frozen=True)
 class StoreResult:
     inserted: int   # new rows
     duplicates: int  # already stored (at-least-once delivery)
-    rejected: int   # values the column cannot hold exactly: logged, never rounded
+    refused: tuple[Refusal, ...] = ()  # refused by the database for their content: to dead-letter
+
+    @property
+    def rejected(self) -> int:
+        return len(self.refused)
+
+    def __add__(self, other: StoreResult) -> StoreResult:
+        return StoreResult(self.inserted + other.inserted, self.duplicates + other.duplicates,
+                           self.refused + other.refused)
 
 
 def store_trades(trades: Sequence[Trade], using: str = DEFAULT_DB_ALIAS) -> StoreResult:
-    """Store `trades` in one transaction; a trade already stored is skipped, never duplicated."""
-    fitting = [t for t in trades if _fits(t)]
-    rejected = len(trades) - len(fitting)
-    if rejected:
-        for trade in trades:
-            if not _fits(trade):
-                logger.error("%s@%s: trade %d rejected: price %s or volume %s does not fit numeric(%d,%d)",
-                             trade.symbol, trade.channel, trade.trade_id, trade.price_text,
-                             trade.quantity_text, PRICE_DIGITS, PRICE_DECIMALS)
-    if not fitting:
-        return StoreResult(0, 0, rejected)
+    """Store `trades` in one transaction; a trade already stored is skipped, never duplicated.
+
+    One poison value never stops storage (DESIGN.md promise 9): when the database refuses the batch
+    for its content (streams.failures: a value out of range, a constraint), the batch is bisected
+    until the refused trades are isolated; the rest is stored and the refused ones are returned in
+    `refused` for the caller to dead-letter. Transient and fatal errors propagate: nothing was stored.
+    """
+    unfit = [t for t in trades if not (decimal_fits(t.price_text) and decimal_fits(t.quantity_text))]
+    if unfit:  # PostgreSQL would round these silently: refuse them here, never round (promise 1)
+        refused = tuple(Refusal(t, f"price {t.price_text} or volume {t.quantity_text} does not fit numeric(28,8)")
+                        for t in unfit)
+        for refusal in refused:
+            logger.error("%s: trade %d refused: %s", refusal.trade.stream, refusal.trade.trade_id, refusal.reason)
+        unfit_ids = {id(t) for t in unfit}
+        return store_trades([t for t in trades if id(t) not in unfit_ids], using) + StoreResult(0, 0, refused)
+    if not trades:
+        return StoreResult(0, 0)
+    try:
+        inserted = _store(trades, using)
+    except Exception as exc:
+        if classify(exc) is not Failure.CONTENT:
+            raise
+        if len(trades) == 1:
+            trade = trades[0]
+            logger.error("%s: trade %d refused by the database: %s", trade.stream, trade.trade_id, describe(exc))
+            return StoreResult(0, 0, (Refusal(trade, describe(exc)),))
+        middle = len(trades) // 2
+        return store_trades(trades[:middle], using) + store_trades(trades[middle:], using)
+    return StoreResult(inserted, len(trades) - inserted)
+
+
+def _store(trades: Sequence[Trade], using: str) -> int:
     store = _store_postgresql if connections[using].vendor == "postgresql" else _store_orm
-    inserted = store(fitting, using)
-    return StoreResult(inserted, len(fitting) - inserted, rejected)
+    return store(trades, using)
 
 
 def last_stored_ids(keys: Sequence[tuple[str, str]], using: str = DEFAULT_DB_ALIAS) -> dict[tuple[str, str], int]:
@@ -89,21 +125,6 @@ def last_stored_ids(keys: Sequence[tuple[str, str]], using: str = DEFAULT_DB_ALI
         if top is not None:
             found[(symbol, channel)] = top
     return found
-
-
-def _fits(trade: Trade) -> bool:
-    return _fits_text(trade.price_text) and _fits_text(trade.quantity_text)
-
-
-def _fits_text(text: str) -> bool:
-    point = text.find(".")
-    if point == -1:
-        if len(text) <= _INTEGER_DIGITS:
-            return True
-    elif point <= _INTEGER_DIGITS and len(text) - point - 1 <= PRICE_DECIMALS:
-        return True  # the common case, decided without building new strings
-    whole, _, fraction = text.partition(".")
-    return len(whole.lstrip("0")) <= _INTEGER_DIGITS and len(fraction.rstrip("0")) <= PRICE_DECIMALS
 
 
 def _micros(ts: int) -> int:

@@ -16,12 +16,12 @@ from streams.binance.protocol import CHANNELS, TRADE, normalize_symbol
 from workers import registry
 from workers.keys import stream_id
 from workers.models import SymbolStream
-from workers.status import read_status
+from workers.status import StreamStatus, read_status
 
 logger = logging.getLogger(__name__)
 
 NONE = "—"
-_UNAVAILABLE = {"state": "status unavailable"}
+_UNAVAILABLE = StreamStatus(state="status unavailable")
 
 
 class AddSymbolStreamForm(forms.ModelForm):  # type: ignore[type-arg]
@@ -62,7 +62,8 @@ class AddSymbolStreamForm(forms.ModelForm):  # type: ignore[type-arg]
 
 @admin.register(SymbolStream)
 class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("symbol", "channel", "enabled", "state", "last_message_age", "trades_per_s", "gaps_healed")
+    list_display = ("symbol", "channel", "enabled", "state", "last_trade_age", "trades_per_s", "gaps_healed",
+                    "ids_back", "errors")
     list_filter = ("enabled",)
     search_fields = ("name",)
     ordering = ("name",)
@@ -86,9 +87,9 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def state(self, obj: SymbolStream) -> str:
         return _field(obj, "state")
 
-    @admin.display(description="last message age (s)")
-    def last_message_age(self, obj: SymbolStream) -> str:
-        return _field(obj, "last_message_age", "{:.1f}")
+    @admin.display(description="last trade age (s)")
+    def last_trade_age(self, obj: SymbolStream) -> str:
+        return _field(obj, "last_trade_age", "{:.1f}")
 
     @admin.display(description="trades/s")
     def trades_per_s(self, obj: SymbolStream) -> str:
@@ -97,6 +98,17 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description="gaps healed")
     def gaps_healed(self, obj: SymbolStream) -> str:
         return _field(obj, "gaps_healed", "{:.0f}")
+
+    @admin.display(description="ids back")
+    def ids_back(self, obj: SymbolStream) -> str:
+        return _field(obj, "ids_back", "{:.0f}")
+
+    @admin.display(description="errors (last)")
+    def errors(self, obj: SymbolStream) -> str:
+        status = _status(obj)
+        if status is None or not status.errors:
+            return NONE
+        return f"{status.errors} ({status.last_error})"
 
     # --- actions (through the registry, which tells beat about the change) -----------------------------
 
@@ -152,14 +164,14 @@ def _key(obj: SymbolStream) -> tuple[str, str] | None:
         return None
 
 
-def _status(obj: SymbolStream) -> dict[str, Any] | None:
+def _status(obj: SymbolStream) -> StreamStatus | None:
     """The row's live status, read once per row (several columns show it)."""
     if not hasattr(obj, "_live_status"):
         obj._live_status = _read(obj)  # type: ignore[attr-defined]
     return obj._live_status  # type: ignore[attr-defined, no-any-return]
 
 
-def _read(obj: SymbolStream) -> dict[str, Any] | None:
+def _read(obj: SymbolStream) -> StreamStatus | None:
     key = _key(obj)
     if key is None:
         return None
@@ -173,5 +185,5 @@ def _read(obj: SymbolStream) -> dict[str, Any] | None:
 
 def _field(obj: SymbolStream, name: str, fmt: str = "{}") -> str:
     status = _status(obj)
-    value = None if status is None else status.get(name)
+    value = None if status is None else getattr(status, name)
     return NONE if value is None or value == "" else fmt.format(value)

@@ -27,14 +27,15 @@ import redis.asyncio
 from django.conf import settings  # type: ignore[import-untyped]
 from django.db import DEFAULT_DB_ALIAS  # type: ignore[import-untyped]
 
-from streams.binance.protocol import Trade
+from streams.binance.errors import ParseError
+from streams.binance.protocol import Trade, validate_trade
 from streams.storage import StoreResult, store_trades
+from workers.deadletters import INVALID, REFUSED, UNDECODABLE, DeadLetter, dead_letter, trade_data
 from workers.keys import BUFFER_GROUP, BUFFER_STREAM, FLUSH_LOCK
 
 logger = logging.getLogger(__name__)
 
 BUFFER_TRADES: Final = f"{BUFFER_STREAM}:trades"  # counter of trades appended and not yet written
-BUFFER_DEAD: Final = f"{BUFFER_STREAM}:dead"      # entries that could not be decoded, kept raw
 DEFAULT_CHUNK: Final = 1000                        # trades per entry
 
 # Lock and reclaim timing. A flush of 5000 trades takes ~0.1-0.5 s; the lock lives FLUSH_LOCK_TTL (about
@@ -47,14 +48,16 @@ DEFAULT_CHUNK: Final = 1000                        # trades per entry
 FLUSH_LOCK_TTL: Final = 10.0
 _MAX_READ_COUNT: Final = 1000  # entries per XREADGROUP/XAUTOCLAIM call
 
-# KEYS: stream, counter. ARGV: bound, total trades, then (count, payload) per entry.
-# Check and add in one step, so concurrent appenders overshoot the bound by at most one call each.
+# KEYS: stream, counter, last-id key of the appending stream task. ARGV: bound, total trades, last trade
+# id, then (count, payload) per entry. Check and add in one step, so concurrent appenders overshoot the
+# bound by at most one call each; the last id handed on moves with the entries, never without them.
 _APPEND_LUA = """
 local held = tonumber(redis.call('GET', KEYS[2]) or '0')
 if held >= tonumber(ARGV[1]) then return -1 end
-for i = 3, #ARGV, 2 do redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 't', ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 't', ARGV[i + 1]) end
 redis.call('INCRBY', KEYS[2], ARGV[2])
-return (#ARGV - 2) / 2
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
+return (#ARGV - 3) / 2
 """
 # KEYS: stream. ARGV: group, consumer, start ("0" or ">"), trades wanted, most entries. XREADGROUP
 # without BLOCK is allowed in a script; an entry deleted while pending comes back with no fields.
@@ -107,7 +110,7 @@ class FlushResult:
     inserted: int = 0     # new rows
     duplicates: int = 0   # rows stored already (a redelivery)
     reclaimed: int = 0    # entries taken over from a flusher that stopped
-    rejected: int = 0     # values the column cannot hold (logged by the storage)
+    dead_lettered: int = 0  # trades or entries refused (undecodable, invalid, refused by the database)
 
     def __add__(self, other: FlushResult) -> FlushResult:
         return FlushResult(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -118,6 +121,8 @@ class _Entry:
     id: bytes
     count: int
     trades: list[Trade] | None  # None: undecodable
+    invalid: tuple[DeadLetter, ...] = ()  # trades of the entry that fail re-validation
+    raw: bytes = b""  # the payload, kept for the dead letter of an undecodable entry
 
 
 # --- Encoding -----------------------------------------------------------------------------------------
@@ -128,7 +133,8 @@ def encode_trades(trades: Sequence[Trade]) -> bytes:
 
 
 def decode_trades(payload: bytes | str) -> list[Trade]:
-    """The inverse of `encode_trades`; raises ValueError/TypeError on anything it did not make."""
+    """The inverse of `encode_trades`; raises ValueError/TypeError on anything it did not make.
+    Not validated: `_entry` re-validates each trade (the buffer is a trust boundary)."""
     return [Trade(*row) for row in orjson.loads(payload)]
 
 
@@ -140,18 +146,22 @@ def _entry_fields(trades: Sequence[Trade], chunk: int) -> Iterator[tuple[int, by
 
 # --- Producing (asyncio: the stream tasks) ------------------------------------------------------------
 
-async def append_trades(r: redis.asyncio.Redis, trades: Sequence[Trade], *, chunk: int = DEFAULT_CHUNK) -> int:
+async def append_trades(r: redis.asyncio.Redis, trades: Sequence[Trade], *, chunk: int = DEFAULT_CHUNK,
+                        last_id_key: str | None = None) -> int:
     """Append `trades` as entries of at most `chunk` trades, all or none; returns the entries added.
+    With `last_id_key`, the last trade's id is written there in the same step (the resume point).
 
     Raises BufferFull (adding nothing) when the buffer already holds COLLECTOR_BUFFER_MAX_TRADES trades:
     the caller holds back and the REST backfill fills the hole later (promise 5). No MAXLEN trimming.
     """
     if not trades:
         return 0
-    args: list[int | bytes] = [settings.COLLECTOR_BUFFER_MAX_TRADES, len(trades)]
+    last_id = trades[-1].trade_id if last_id_key else ""
+    args: list[int | bytes | str] = [settings.COLLECTOR_BUFFER_MAX_TRADES, len(trades), last_id]
     for count, payload in _entry_fields(trades, max(1, chunk)):
         args += [count, payload]
-    added = int(await r.register_script(_APPEND_LUA)(keys=[BUFFER_STREAM, BUFFER_TRADES], args=args))
+    keys = [BUFFER_STREAM, BUFFER_TRADES, last_id_key or f"{BUFFER_STREAM}:unused"]
+    added = int(await r.register_script(_APPEND_LUA)(keys=keys, args=args))
     if added < 0:
         raise BufferFull(f"hand-off buffer holds {settings.COLLECTOR_BUFFER_MAX_TRADES} trades or more; "
                          f"{len(trades)} not added")
@@ -241,13 +251,15 @@ def _flush_locked(r: redis.Redis, consumer: str, batch: int, idle: float, *, usi
         return FlushResult()
     entries.sort(key=lambda e: _id_key(e.id))
     trades = [t for e in entries if e.trades is not None for t in e.trades]
-    stored = store(trades, using) if trades else StoreResult(0, 0, 0)
-    _dead_letter(r, [e for e in entries if e.trades is None])
+    stored = store(trades, using) if trades else StoreResult(0, 0)
+    # Kept before the entries are acknowledged: a crash in between dead-letters twice, never loses one.
+    dead = dead_letter(r, _dead_letters(entries, stored))
     left = _ack(r, entries)  # only after the commit (promise 1)
-    logger.info("buffer: %s wrote %d trades from %d entries (%d new, %d duplicates, %d reclaimed); %d waiting",
-                consumer, len(trades), len(entries), stored.inserted, stored.duplicates, reclaimed, left)
+    logger.info("buffer: %s wrote %d trades from %d entries (%d new, %d duplicates, %d reclaimed, "
+                "%d dead-lettered); %d waiting", consumer, len(trades), len(entries), stored.inserted,
+                stored.duplicates, reclaimed, dead, left)
     return FlushResult(len(entries), len(trades), stored.inserted, stored.duplicates,
-                       min(reclaimed, len(entries)), stored.rejected)
+                       min(reclaimed, len(entries)), dead)
 
 
 def _reclaim(r: redis.Redis, consumer: str, idle: float, batch: int) -> int:
@@ -277,31 +289,48 @@ def _pairs(data: list[Any] | None) -> dict[Any, Any]:
 
 
 def _entry(entry_id: bytes | str, data: dict[Any, Any]) -> _Entry:
+    """An entry read from the buffer, decoded and re-validated trade by trade (DESIGN.md promise 11:
+    whoever can write to Redis must not be able to store what the exchange could not have sent)."""
     raw_id = entry_id.encode() if isinstance(entry_id, str) else entry_id
     count, payload = _field(data, "n"), _field(data, "t")
+    number = int(count) if count is not None and count.isdigit() else 0
     try:
-        trades = decode_trades(payload) if payload is not None else None
+        decoded = decode_trades(payload) if payload is not None else None
     except (ValueError, TypeError):
-        trades = None
-    if trades is None:
-        logger.error("buffer: entry %s cannot be decoded; moved to %s", raw_id.decode(), BUFFER_DEAD)
-    return _Entry(raw_id, int(count) if count is not None and count.isdigit() else 0, trades)
+        decoded = None
+    if decoded is None:
+        logger.error("buffer: entry %s cannot be decoded; dead-lettered", raw_id.decode())
+        return _Entry(raw_id, number, None, raw=payload or b"")
+    trades, invalid = [], []
+    for trade in decoded:
+        try:
+            trades.append(validate_trade(trade))
+        except ParseError as exc:
+            invalid.append(DeadLetter(INVALID, _stream_of(trade), exc.reason, trade_data(trade)))
+    if invalid:
+        logger.error("buffer: entry %s holds %d invalid trades (first: %s); dead-lettered, the rest stored",
+                     raw_id.decode(), len(invalid), invalid[0].reason)
+    return _Entry(raw_id, number, trades, tuple(invalid))
+
+
+def _stream_of(trade: Any) -> str:
+    try:
+        return str(trade.stream)
+    except (AttributeError, TypeError):
+        return "-"
+
+
+def _dead_letters(entries: list[_Entry], stored: StoreResult) -> list[DeadLetter]:
+    letters = [DeadLetter(UNDECODABLE, "-", f"buffer entry {e.id.decode()} cannot be decoded",
+                          e.raw.decode(errors="replace")) for e in entries if e.trades is None]
+    letters += [letter for e in entries for letter in e.invalid]
+    letters += [DeadLetter(REFUSED, r.trade.stream, r.reason, trade_data(r.trade)) for r in stored.refused]
+    return letters
 
 
 def _field(data: dict[Any, Any], name: str) -> bytes | None:
     value = data.get(name.encode(), data.get(name))
     return value.encode() if isinstance(value, str) else value
-
-
-def _dead_letter(r: redis.Redis, bad: list[_Entry]) -> None:
-    """Keep undecodable entries (raw) out of the way, so that one cannot stop every flush (promise 6)."""
-    if not bad:
-        return
-    with r.pipeline(transaction=False) as pipe:
-        for entry in bad:
-            raw: Any = r.xrange(BUFFER_STREAM, entry.id, entry.id)
-            pipe.xadd(BUFFER_DEAD, {"id": entry.id, **(raw[0][1] if raw else {})})
-        pipe.execute()
 
 
 def _ack(r: redis.Redis, entries: list[_Entry]) -> int:

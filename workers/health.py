@@ -10,41 +10,55 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 
 from workers.buffer import buffer_stats
-from workers.keys import BEAT_SEEN
+from workers.deadletters import dead_letter_total, recent_dead_letters
+from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, last_failure_key
 from workers.redis import sync_redis
-from workers.status import all_statuses, is_stale
-
-_FIELDS = ("worker", "connected_since", "last_message_age", "last_frame_age", "heartbeat_age", "trades",
-           "trades_per_s", "reconnects", "gaps_found", "gaps_healed", "missed", "parse_errors", "lag_ms",
-           "connection_wait")
+from workers.status import StreamStatus, all_statuses, is_stale, server_time
 
 
-def streams_report() -> dict[str, Any]:
-    """Every enabled or running stream, with its live state ("stalled" when its data or heartbeat is stale)."""
+def streams_report(dead_letters: int = 10) -> dict[str, Any]:
+    """Every enabled or running stream with its live status ("stalled" when its data, heartbeat or
+    progress is stale; "not running" when enabled without a task), failures of its past tasks, the
+    buffer, the dead letters and the periodic tasks' transient errors."""
     from workers.keys import stream_id
     from workers.registry import enabled_streams
 
-    now = time.time()
+    client = sync_redis()
     statuses = all_statuses()
     enabled = {stream_id(s, c) for s, c in enabled_streams()}
+    failures = {k.decode(): int(v) for k, v in client.hgetall(FAILURES).items()}
     streams = []
     for sid in sorted(enabled | set(statuses)):
         status = statuses.get(sid)
-        state = "not running" if status is None else ("stalled" if is_stale(status, now) else status["state"])
-        entry: dict[str, Any] = {"stream": sid, "enabled": sid in enabled, "state": state}
-        entry.update({name: (status or {}).get(name) for name in _FIELDS})
+        state = "not running" if status is None else ("stalled" if is_stale(status) else status.state)
+        entry: dict[str, Any] = {**(status or StreamStatus(state="")).as_dict(), "stream": sid,
+                                 "enabled": sid in enabled, "state": state,
+                                 "task_failures": failures.get(sid, 0), "last_failure": _last_failure(sid)}
         streams.append(entry)
-    return {"streams": streams, "buffer": buffer_stats(sync_redis()), "generated_at": now}
+    return {
+        "streams": streams,
+        "buffer": buffer_stats(client),
+        "dead_letters": {"total": dead_letter_total(client),
+                         "recent": [letter.__dict__ for letter in recent_dead_letters(client, dead_letters)]},
+        "periodic_errors": {k.decode(): int(v) for k, v in client.hgetall(PERIODIC_ERRORS).items()},
+        "generated_at": time.time(),
+    }
+
+
+def _last_failure(sid: str) -> str:
+    raw = sync_redis().get(last_failure_key(sid))
+    return raw.decode(errors="replace") if raw else ""
 
 
 def health_problems() -> list[str]:
     """Why the service is unhealthy; empty when Redis and the database answer and the beat runs."""
     problems = []
     beat_seen: bytes | None = None
+    now = 0.0
     try:
         client = sync_redis()
-        client.ping()
         beat_seen = client.get(BEAT_SEEN)
+        now = server_time(client)  # the beat's mark is on the Redis server's clock too
     except (redis.RedisError, OSError) as exc:
         problems.append(f"redis: {type(exc).__name__}: {exc}")
     try:
@@ -56,6 +70,6 @@ def health_problems() -> list[str]:
         limit = max(3 * settings.COLLECTOR_SUPERVISE_INTERVAL, 30.0)
         if beat_seen is None:
             problems.append("beat: no periodic task has run yet")
-        elif time.time() - float(beat_seen) > limit:
-            problems.append(f"beat: last periodic task ran {time.time() - float(beat_seen):.0f} s ago")
+        elif now - float(beat_seen) > limit:
+            problems.append(f"beat: last periodic task ran {now - float(beat_seen):.0f} s ago")
     return problems

@@ -40,3 +40,13 @@ def starting_key(sid: str) -> str:
 def last_id_key(sid: str) -> str:
     """The last trade id the stream task handed to the buffer (resume point before the flush catches up)."""
     return f"{PREFIX}:last-id:{sid}"
+
+
+FAILURES = f"{PREFIX}:failures"          # hash: stream id -> stream tasks that ended with an error
+ID_REGRESSIONS = f"{PREFIX}:id-regressions"  # list of trades whose id went back, for the audit
+
+
+def last_failure_key(sid: str) -> str:
+    """Why the stream's last task failed, and when (kept after the task is gone, for the status)."""
+    return f"{PREFIX}:last-failure:{sid}"
+PERIODIC_ERRORS = f"{PREFIX}:periodic-errors"  # hash: periodic task -> transient failures met

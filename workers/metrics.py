@@ -17,8 +17,12 @@ _STREAM_GAUGES = {
     "gaps_found": ("collector_stream_gaps_found", "Gaps in the trade ids found by the current task."),
     "gaps_healed": ("collector_stream_gaps_healed", "Gaps healed from REST by the current task."),
     "missed": ("collector_stream_trades_missed", "Trade ids given up (beyond the backfill window)."),
+    "ids_back": ("collector_stream_ids_back", "Live trade ids at or below the last one (a replay, a reset)."),
     "parse_errors": ("collector_stream_parse_errors", "Frames that could not be parsed."),
-    "last_message_age": ("collector_stream_last_message_age_seconds", "Seconds since the last trade's event."),
+    "errors": ("collector_stream_errors", "Transient errors (Redis, REST) met and retried by the current task."),
+    "task_failures": ("collector_stream_task_failures", "Stream tasks that ended with an unexpected error."),
+    "stuck_for": ("collector_stream_stuck_seconds", "Seconds trades have waited without being handed on."),
+    "last_trade_age": ("collector_stream_last_trade_age_seconds", "Seconds since the last live trade arrived."),
     "lag_ms": ("collector_stream_lag_milliseconds", "Now minus the last trade's exchange event time."),
 }
 
@@ -41,6 +45,8 @@ class StreamsCollector(Collector):
                                 value=float(buffer["trades_waiting"]))
         yield GaugeMetricFamily("collector_buffer_pending_entries", "Buffer entries read but not yet written.",
                                 value=float(buffer["pending"]))
+        yield GaugeMetricFamily("collector_dead_letters", "Trades, frames and entries dead-lettered, ever.",
+                                value=float(report["dead_letters"]["total"]))
 
 
 def render() -> bytes:

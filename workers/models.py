@@ -26,3 +26,14 @@ class SymbolStream(PeriodicTask):
         proxy = True
         verbose_name = "symbol stream"
         verbose_name_plural = "symbol streams"
+
+
+class AuditMark(models.Model):
+    """Up to which trade id a stream's stored trades are verified complete (workers.audit)."""
+
+    stream = models.CharField(max_length=40, unique=True, help_text="the stream id, like btcusdt@trade")
+    verified_through = models.BigIntegerField(help_text="every id up to this one is stored")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.stream} verified through {self.verified_through}"

@@ -1,75 +1,188 @@
-"""Each stream's live status in Redis (written by its task's heartbeat, read by the supervisor and pages)."""
+"""Each stream's live status in Redis: one typed record, written by its task's heartbeat, read by the
+supervisor, the status pages, the admin, the metrics and Flower.
+
+One clock (issue 8, 4): a host whose wall clock is off must neither get its healthy streams restarted
+nor hide a stall. The task writes ages it measured itself on the monotonic clock (seconds since the last
+frame, since connecting, stuck for); the write is stamped with the Redis server's clock (`updated_at`,
+inside the script), and readers compare with the same server clock. Exchange times (`last_trade_ts`)
+are shown as they are; the lag is measured by the task when the trade arrives.
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
 
+import redis
 import redis.asyncio
 from django.conf import settings
 
 from workers.keys import PREFIX, status_key
 from workers.redis import sync_redis
 
-_NUMBERS = ("connected_since", "last_message_at", "last_frame_at", "updated_at", "trades", "trades_per_s",
-            "messages", "reconnects", "gaps_found", "gaps_healed", "missed", "parse_errors", "lag_ms",
-            "buffer_trades", "connection_wait")
+# KEYS: status key. ARGV: ttl ms, then field, value pairs. The write time is the server's own clock.
+_WRITE_LUA = """
+local now = redis.call('TIME')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'updated_at', now[1] .. '.' .. string.format('%06d', now[2]), unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 
 
-async def write_status(client: redis.asyncio.Redis, sid: str, fields: dict[str, Any], ttl: float) -> None:
+@dataclass
+class StreamStatus:
+    """What a stream task reports at each heartbeat (ages in seconds, measured by the task itself)."""
+
+    state: str = "starting"
+    worker: str = ""
+    connected_for: float | None = None     # since the current connection opened
+    last_frame_age: float | None = None    # since any frame arrived (a silent connection grows this)
+    last_trade_age: float | None = None    # since the last live trade arrived
+    stuck_for: float = 0.0                  # trades have waited this long without any being handed on
+    trades: int = 0                         # handed to the buffer by this task
+    trades_per_s: float = 0.0
+    messages: int = 0
+    reconnects: int = 0
+    gaps_found: int = 0
+    gaps_healed: int = 0
+    missed: int = 0                         # trade ids given up (beyond the backfill window, REST failed)
+    ids_back: int = 0                       # live ids at or below the last one (a replay, an exchange reset)
+    parse_errors: int = 0
+    lag_ms: int | None = None               # receive time minus exchange event time of the last trade
+    last_trade_ts: int | None = None        # the exchange's event time of the last trade (ms or µs)
+    connection_wait: float = 0.0
+    broadcast_dropped: int = 0
+    errors: int = 0                         # transient errors met (Redis, REST), retried
+    last_error: str = ""
+    # Filled in by the reader, on the Redis server's clock.
+    updated_at: float | None = field(default=None, metadata={"derived": True})
+    heartbeat_age: float | None = field(default=None, metadata={"derived": True})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def aged(self) -> StreamStatus:
+        """The ages as of now: each written age plus the time since it was written."""
+        extra = self.heartbeat_age or 0.0
+        return dataclasses.replace(
+            self,
+            connected_for=_plus(self.connected_for, extra),
+            last_frame_age=_plus(self.last_frame_age, extra),
+            last_trade_age=_plus(self.last_trade_age, extra),
+            stuck_for=self.stuck_for + extra if self.stuck_for else 0.0,
+        )
+
+
+_WRITTEN: Final = tuple(f for f in fields(StreamStatus) if not f.metadata.get("derived"))
+_CONVERT: Final[dict[str, Callable[[str], Any]]] = {"int": lambda text: int(float(text)), "float": float, "str": str}
+
+
+def _parser(type_text: str) -> tuple[Callable[[str], Any], Any]:
+    """(convert, value for "") of a field from its annotation ("float | None", "int", "str")."""
+    base = type_text.replace("| None", "").strip()
+    convert = _CONVERT[base]
+    return convert, None if "None" in type_text else convert("0" if base != "str" else "")
+
+
+_PARSERS: Final = {f.name: _parser(str(f.type)) for f in fields(StreamStatus)}
+
+
+def _plus(age: float | None, extra: float) -> float | None:
+    return None if age is None else age + extra
+
+
+def encode(status: StreamStatus) -> list[str]:
+    """Field, value pairs for HSET ("" for None)."""
+    pairs: list[str] = []
+    for f in _WRITTEN:
+        value = getattr(status, f.name)
+        pairs += [f.name, "" if value is None else str(value)]
+    return pairs
+
+
+def decode(raw: dict[bytes, bytes], server_now: float) -> StreamStatus:
+    """A status as written, with `updated_at`, `heartbeat_age` and the ages brought up to now."""
+    values: dict[str, Any] = {}
+    for name_bytes, value_bytes in raw.items():
+        name, text = name_bytes.decode(), value_bytes.decode()
+        if name not in _PARSERS:
+            continue  # written by another version: ignored
+        convert, empty = _PARSERS[name]
+        try:
+            values[name] = empty if text == "" else convert(text)
+        except ValueError:
+            values[name] = empty
+    status = StreamStatus(**values)
+    if status.updated_at is not None:
+        status.heartbeat_age = max(0.0, server_now - status.updated_at)
+    return status.aged()
+
+
+async def write_status(client: redis.asyncio.Redis, sid: str, status: StreamStatus, ttl: float) -> None:
     """Replace the stream's status; it expires if the heartbeat stops (a dead task leaves no false status)."""
-    key = status_key(sid)
-    values = {name: "" if value is None else str(value) for name, value in fields.items()}
-    values["updated_at"] = f"{time.time():.3f}"
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.delete(key)
-        pipe.hset(key, mapping=values)
-        pipe.pexpire(key, int(ttl * 1000))
-        await pipe.execute()
+    await client.eval(_WRITE_LUA, 1, status_key(sid), int(ttl * 1000), *encode(status))
 
 
-def read_status(sid: str, now: float | None = None) -> dict[str, Any] | None:
-    """The status of stream `sid` with derived ages in seconds, or None if no task reports it."""
-    raw = sync_redis().hgetall(status_key(sid))
-    if not raw:
-        return None
-    return _decode(raw, time.time() if now is None else now)
+def write_status_now(client: redis.Redis, sid: str, status: StreamStatus, ttl: float) -> None:
+    """`write_status` for synchronous code (tests, tools)."""
+    client.eval(_WRITE_LUA, 1, status_key(sid), int(ttl * 1000), *encode(status))
 
 
-def all_statuses() -> dict[str, dict[str, Any]]:
+def server_time(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return float(seconds) + micros / 1e6
+
+
+def read_status(sid: str) -> StreamStatus | None:
+    """The status of stream `sid`, or None if no task reports it."""
     client = sync_redis()
-    now = time.time()
-    found = {}
-    for key in client.scan_iter(match=f"{PREFIX}:status:*", count=500):
-        raw = client.hgetall(key)
-        if raw:
-            found[key.decode().rsplit(":", 1)[-1]] = _decode(raw, now)
-    return found
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(status_key(sid))
+        pipe.time()
+        raw, (seconds, micros) = pipe.execute()
+    return decode(raw, seconds + micros / 1e6) if raw else None
 
 
-def is_stale(status: dict[str, Any] | None, now: float | None = None) -> bool:
-    """A status nobody renews, or a connection that delivers no frame at all, for COLLECTOR_STALE_AFTER.
+def all_statuses() -> dict[str, StreamStatus]:
+    client = sync_redis()
+    keys = list(client.scan_iter(match=f"{PREFIX}:status:*", count=500))
+    if not keys:
+        return {}
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hgetall(key)
+        pipe.time()
+        *raws, (seconds, micros) = pipe.execute()
+    now = seconds + micros / 1e6
+    return {key.decode().rsplit(":", 1)[-1]: decode(raw, now) for key, raw in zip(keys, raws, strict=True) if raw}
+
+
+def is_stale(status: StreamStatus | None) -> bool:
+    """A status nobody renews, a connection that delivers no frame at all, or trades that wait without
+    progress, for COLLECTOR_STALE_AFTER (ages as read, on one clock).
 
     A quiet market still shows frames: the client probes a silent connection (LIST_SUBSCRIPTIONS)."""
     if status is None:
         return True
     limit = settings.COLLECTOR_STALE_AFTER
-    now = time.time() if now is None else now
-    if now - float(status.get("updated_at") or 0) > limit:
+    if status.heartbeat_age is None or status.heartbeat_age > limit:
         return True
-    last_frame = status.get("last_frame_at")
-    return status.get("state") == "connected" and bool(last_frame) and now - float(last_frame) > limit
+    if status.stuck_for > limit:
+        return True
+    frame_age = status.last_frame_age
+    return status.state == "connected" and frame_age is not None and frame_age > limit
 
 
-def _decode(raw: dict[bytes, bytes], now: float) -> dict[str, Any]:
-    status: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
-    for name in _NUMBERS:
-        value = status.get(name)
-        if value not in (None, ""):
-            status[name] = float(value)
-        else:
-            status[name] = None
-    for name, age in (("last_message_at", "last_message_age"), ("updated_at", "heartbeat_age"),
-                      ("last_frame_at", "last_frame_age")):
-        status[age] = None if status.get(name) is None else max(0.0, now - status[name])
-    return status
+def stale_reason(status: StreamStatus | None) -> str:
+    if status is None:
+        return "no status"
+    return (f"state={status.state} heartbeat_age={_round(status.heartbeat_age)} "
+            f"last_frame_age={_round(status.last_frame_age)} stuck_for={_round(status.stuck_for)}")
+
+
+def _round(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+

@@ -6,13 +6,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from django.conf import settings
 
 from workers.keys import PREFIX, lease_key, starting_key, stop_key
 from workers.redis import sync_redis
-from workers.status import is_stale, read_status
+from workers.status import is_stale, read_status, stale_reason
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +49,16 @@ def ensure_running(sid: str, start: Callable[[str], None], actions: Actions | No
         actions.running.append(sid)
         return "running"
     if owner is not None:
-        # Alive enough to hold its lease, but silent: ask it to stop, and free the stream for a new task.
+        # Alive enough to hold its lease, but stale: ask it to stop. Its lease is not taken from it (one
+        # owner per stream, promise 3): it releases the lease when it stops, at its next heartbeat, or
+        # the lease expires; the next pass then starts a new task, which resumes where it ended.
         owner_text = owner.decode()
-        logger.warning("%s: task %s is stale (status %s); restarting the stream", sid, owner_text,
-                       _summary(status))
-        client.set(stop_key(sid), owner_text, ex=int(settings.COLLECTOR_LEASE_TTL * 4))
-        client.delete(lease_key(sid))
-        client.delete(starting_key(sid))
-        _start(sid, start, client)
-        actions.restarted.append(sid)
-        return "restarted"
+        if client.get(stop_key(sid)) != owner:
+            logger.warning("%s: task %s is stale (%s); asking it to stop, a new task starts when it has",
+                           sid, owner_text, stale_reason(status))
+            client.set(stop_key(sid), owner_text, ex=int(settings.COLLECTOR_LEASE_TTL * 4))
+            actions.restarted.append(sid)
+        return "stopping stale"
     if not client.set(starting_key(sid), "1", nx=True, ex=_STARTING_TTL):
         return "starting"
     start(sid)
@@ -94,13 +93,3 @@ def supervise(enabled: Iterable[str], start: Callable[[str], None],
     return actions
 
 
-def _start(sid: str, start: Callable[[str], None], client: Any) -> None:
-    client.set(starting_key(sid), "1", ex=_STARTING_TTL)
-    start(sid)
-
-
-def _summary(status: dict[str, Any] | None) -> str:
-    if status is None:
-        return "none"
-    return f"state={status.get('state')} heartbeat_age={status.get('heartbeat_age')} " \
-           f"last_frame_age={status.get('last_frame_age')}"

@@ -6,33 +6,42 @@ Acks, pools and limits (see the README's "Processes"):
   If its worker dies, the lease expires and the supervisor starts a new task: that, not redelivery, is
   the recovery path.
 - Stopping is cooperative: a stop flag in Redis or a lost lease, checked by the heartbeat; the worker's
-  shutdown signal sets a process-wide flag. revoke(terminate=True) does nothing on the threads pool.
+  shutdown signal wakes every stream's loop at once (SHUTDOWN). revoke(terminate=True) does nothing on
+  the threads pool.
+- Retries: the periodic tasks (flush, supervise, audit) are retried by their schedule, not by Celery: a
+  Celery retry would only pile up behind the next tick. A transient error (streams.failures) is logged
+  once per outage and counted; anything else fails the task loudly (Celery logs it with the traceback).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
-import threading
-import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Task, shared_task
 from celery.signals import worker_shutting_down
-from django.db import DatabaseError, close_old_connections
+from django.db import close_old_connections
 
 from project.celery import app
+from project.logs import stream_context
+from streams.failures import describe, is_transient
 from workers import supervisor
-from workers.keys import BEAT_SEEN, parse_stream_id, stream_id
+from workers.keys import BEAT_SEEN, PERIODIC_ERRORS, parse_stream_id, stream_id
 from workers.redis import sync_redis
+from workers.streaming import ShutdownSignal
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 STREAMS_QUEUE = "streams"
-_EVENT_NAMES = {"worker": "stream_owner", "state": "stream_state"}
-SHUTDOWN = threading.Event()  # set when this worker process starts its shutdown
+SHUTDOWN = ShutdownSignal()  # set when this worker process starts its shutdown
+_OUTAGES: dict[str, str] = {}  # periodic task -> the transient error it meets (logged once per outage)
+# The beat's last tick, on the Redis server's clock (health compares it with the same clock).
+_MARK_BEAT = "local t = redis.call('TIME'); redis.call('SET', KEYS[1], t[1] .. '.' .. string.format('%06d', t[2]))"
 
 
 @worker_shutting_down.connect
@@ -44,19 +53,23 @@ def _on_worker_shutdown(**_: Any) -> None:
              ignore_result=True)  # routed to the streams queue by CELERY_TASK_ROUTES
 def run_stream(self: Task, symbol: str, channel: str) -> str:
     """The long-running task of one symbol stream; returns why it ended."""
-    from workers.streaming import run_stream_until_stopped
+    from workers.events import task_events
+    from workers.status import StreamStatus
+    from workers.streaming import run_in_new_loop, run_stream_until_stopped
 
-    owner = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    hostname = self.request.hostname or socket.gethostname()
+    task_id = self.request.id
+    events = task_events()
 
-    def publish(stats: dict[str, Any]) -> None:
-        # Task events are what Flower shows live; update_state alone is invisible to it.
-        # "worker" and "state" are Celery's own task fields (Flower breaks if "worker" is a string).
-        fields = {_EVENT_NAMES.get(k, k): v for k, v in stats.items() if v is not None}
-        self.send_event("task-streaming", **fields)
-        self.update_state(state="STREAMING", meta=stats)
+    def publish(status: StreamStatus) -> None:
+        # Task events are what Flower shows live; sent from a thread of their own, never from the loop.
+        events.offer(task_id, hostname, status.as_dict())
 
-    outcome = asyncio.run(run_stream_until_stopped(symbol, channel, owner=owner, shutdown=SHUTDOWN,
-                                                   on_stats=publish))
+    # Every line of the stream carries its id: the loop's main task copies this context, and every task
+    # created from there inherits it (the pool thread does not keep it: it is reset on exit).
+    with stream_context(stream_id(symbol, channel)):
+        outcome = run_in_new_loop(run_stream_until_stopped(
+            symbol, channel, owner=f"{hostname}:{os.getpid()}:{task_id}", shutdown=SHUTDOWN, on_status=publish))
     return outcome.reason
 
 
@@ -69,27 +82,48 @@ def _revoke(task_id: str) -> None:
     app.control.revoke(task_id)
 
 
-def _mark_beat() -> None:
-    sync_redis().set(BEAT_SEEN, f"{time.time():.3f}")
+def _periodic(name: str, work: Callable[[], T], empty: T) -> T:
+    """Run a periodic task's work: a transient failure is logged once per outage (and when it ends),
+    counted in Redis, and answered with `empty`; the next tick is the retry."""
+    try:
+        sync_redis().eval(_MARK_BEAT, 1, BEAT_SEEN)
+        result = work()
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        close_old_connections()
+        if name not in _OUTAGES:
+            logger.warning("%s: %s; retried at the next tick", name, describe(exc))
+        _OUTAGES[name] = describe(exc)
+        try:
+            sync_redis().hincrby(PERIODIC_ERRORS, name, 1)
+        except Exception as redis_exc:  # Redis may be what is away: the line above says enough
+            if not is_transient(redis_exc):
+                raise
+        return empty
+    if _OUTAGES.pop(name, None) is not None:
+        logger.info("%s: working again", name)
+    return result
 
 
 @shared_task(name="workers.tasks.ensure_stream", ignore_result=True)
 def ensure_stream(symbol: str, channel: str) -> str:
     """The periodic task of one symbol stream (enabled in the admin): start it if nothing runs it."""
-    _mark_beat()
-    return supervisor.ensure_running(stream_id(symbol, channel), _dispatch)
+    return _periodic("ensure", lambda: supervisor.ensure_running(stream_id(symbol, channel), _dispatch), "")
 
 
 @shared_task(name="workers.tasks.supervise_streams", ignore_result=True)
 def supervise_streams() -> dict[str, list[str]]:
     from workers.registry import enabled_streams
 
-    _mark_beat()
-    actions = supervisor.supervise([stream_id(s, c) for s, c in enabled_streams()], _dispatch, _revoke)
-    if actions.started or actions.restarted or actions.stopped:
-        logger.info("supervise: started %s, restarted %s, stopped %s", actions.started, actions.restarted,
-                    actions.stopped)
-    return {"started": actions.started, "restarted": actions.restarted, "stopped": actions.stopped}
+    def work() -> dict[str, list[str]]:
+        actions = supervisor.supervise([stream_id(s, c) for s, c in enabled_streams()], _dispatch, _revoke)
+        if actions.started or actions.restarted or actions.stopped:
+            logger.info("supervise: started %s, restarted %s, stopped %s", actions.started, actions.restarted,
+                        actions.stopped)
+        return {"started": actions.started, "restarted": actions.restarted, "stopped": actions.stopped}
+
+    return _periodic("supervise", work, {})
 
 
 @shared_task(name="workers.tasks.flush_trades", ignore_result=True)
@@ -98,21 +132,18 @@ def flush_trades() -> int:
 
     from workers.buffer import flush_all
 
-    _mark_beat()
     consumer = f"{socket.gethostname()}:{os.getpid()}"  # stable per process: its pending entries come back to it
-    try:
+
+    def work() -> int:
+        # A failure leaves the entries unacknowledged: they wait in the buffer for the next flush (promise 5).
         result = flush_all(sync_redis(), consumer, max_seconds=max(settings.COLLECTOR_FLUSH_INTERVAL * 5, 5.0))
-    except DatabaseError as exc:
-        # Nothing was acknowledged: the entries wait in the buffer for the next flush (promise 5).
-        logger.warning("flush: database unavailable (%s); the buffer keeps the trades", exc)
-        close_old_connections()
-        return 0
-    return int(getattr(result, "trades", result) or 0)
+        return result.trades
+
+    return _periodic("flush", work, 0)
 
 
 @shared_task(name="workers.tasks.audit_gaps", ignore_result=True)
 def audit_gaps() -> dict[str, int]:
     from workers.audit import audit_enabled_streams
 
-    _mark_beat()
-    return audit_enabled_streams()
+    return _periodic("audit", audit_enabled_streams, {})

@@ -1,4 +1,11 @@
-"""Reconnect delays: exponential backoff with full jitter, capped, reset after a stable period."""
+"""The one retry schedule of the project: exponential backoff with full jitter, capped, reset after a
+stable period, optionally giving up after a number of attempts.
+
+Every retry loop uses it (reconnects, REST calls, backfill pages, database writes, Redis hand-offs,
+lease renewals); what is retried at all is decided by `errors.retry_delay` (the exchange) and
+`streams.failures.classify` (database, Redis). Waits the other side asks for (Retry-After, the
+connection budget, the request-weight minute) are not retries and do not use it.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,14 @@ class Backoff:
     reset_after: float = 60.0
     rng: random.Random = field(default_factory=random.Random)
     attempt: int = 0
+    attempts: int | None = None  # give up after this many retries (None: never)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.attempts is not None and self.attempt >= self.attempts
+
+    def reset(self) -> None:
+        self.attempt = 0
 
     def bound(self) -> float:
         """The largest delay the next attempt may draw."""

@@ -23,11 +23,15 @@ from streams.binance.errors import ConnectionLost, ParseError, StreamError
 from streams.binance.protocol import ServerShutdown, Trade, normalize_channel, normalize_symbol, stream_name
 from streams.binance.rest import BinanceRest
 from streams.binance.sequence import Gap, Verdict, bounded_gap, classify, missing_between
+from streams.binance.supervision import Supervisor, TaskFailed
+from streams.binance.waiting import STOPPED, unless_stopped
 
 logger = logging.getLogger(__name__)
 
 StreamKey = tuple[str, str]  # (SYMBOL, channel)
 _UNHEALED_KEPT = 100
+_MICROSECONDS = 10**14  # exchange timestamps at or above this are microseconds
+_REGRESSIONS_KEPT = 100  # trades whose id went back, kept for the audit to compare with what is stored
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class ClientConfig:
     backfill_max_trades: int = 100_000
     backfill_retries: int = 5          # REST not yet showing the trades (it lags the stream slightly)
     queue_size: int = 10_000
+    stop_timeout: float = 3.0          # longest a clean stop may take before connections are aborted
 
     @classmethod
     def for_streams(cls, ws_url: str, rest_url: str, streams: Iterable[tuple[str, str]], **tunables: Any
@@ -82,6 +87,15 @@ class StreamState:
     unhealed: deque[Gap] = field(default_factory=lambda: deque(maxlen=_UNHEALED_KEPT))
     last_event_ts: int = 0
     resume_rejected: bool = False
+    # Live trades whose id is not above the last one handed on, outside the overlaps the client makes
+    # itself (rotation, backfill): a replayed stream or an exchange reset (issue 8, 2). Counted, the
+    # first of each run logged, and kept for the audit to compare with what is stored.
+    ids_back: int = 0
+    regressions: deque[Trade] = field(default_factory=lambda: deque(maxlen=_REGRESSIONS_KEPT))
+    last_trade_at: float | None = None   # monotonic: the last live trade of this stream arrived
+    lag_ms: int | None = None            # wall time when the last live trade arrived, minus its event time
+    last_progress: float | None = None   # monotonic: the last trade was handed on
+    held_since: float | None = None      # monotonic: live trades have been held since (backfilling)
 
 
 @dataclass
@@ -95,6 +109,7 @@ class ClientStats:
     frames_closed: int = 0  # frames read by connections that have ended
     probes: int = 0         # silence probes sent (LIST_SUBSCRIPTIONS), by connections that have ended
     dead_letters: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=50))
+    task_failures: int = 0  # background tasks that ended with an unexpected error (each ends the client)
 
 
 class StreamClient:
@@ -141,8 +156,8 @@ class StreamClient:
         self._done = False
         self._served = False
         self._fatal: BaseException | None = None
+        self._tasks = Supervisor(self._on_task_failure)
         self._runner: asyncio.Task[None] | None = None
-        self._backfills: dict[StreamKey, asyncio.Task[None]] = {}
 
     # --- the consumer's side ----------------------------------------------------------------------
 
@@ -154,13 +169,51 @@ class StreamClient:
         await self.stop()
 
     def start(self) -> None:
-        self._runner = asyncio.create_task(self._run(), name="stream client")
+        self._runner = self._tasks.spawn(self._run(), name="stream client")
 
-    async def stop(self) -> None:
-        """Close the connection with a close frame and stop; trades already read stay available."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """Close the connections with a close frame and stop, within `timeout` seconds (the config's
+        `stop_timeout` by default) whatever the exchange does; past it, connections are aborted and the
+        background tasks cancelled. Trades already read stay available (`take_ready`)."""
         self._stopping.set()
-        if self._runner is not None:
-            await self._runner
+        timeout = self.config.stop_timeout if timeout is None else timeout
+        try:
+            if self._runner is not None and not self._runner.done():
+                await asyncio.wait({self._runner}, timeout=timeout)  # cancelled: abort at once, below
+                if not self._runner.done():
+                    logger.warning("the stream client did not stop within %.1f s; aborting its connections",
+                                   timeout)
+        finally:
+            self._abort_connections(ConnectionLost("client stopped"))
+            await self._tasks.aclose(timeout=1.0)
+            self._finish()
+
+    def abort(self, reason: str) -> None:
+        """Stop at once, without waiting for anything: drop the connections (no close handshake).
+
+        For fencing (a task that cannot confirm its lease must stop streaming before the lease can
+        expire, DESIGN.md promise 3): synchronous, so it takes effect before the caller's next await."""
+        if not self._stopping.is_set():
+            logger.warning("stream client aborted: %s", reason)
+        self._stopping.set()
+        self._abort_connections(ConnectionLost(reason))
+        self._ready.set()
+        self._room.set()
+
+    @property
+    def connected_at(self) -> float | None:
+        """When the connection in use opened (the client's clock), or None while not connected."""
+        primary = self._primary
+        return primary.opened_at if primary is not None and self.stats.state == "connected" else None
+
+    def lag_ms(self, key: StreamKey) -> int | None:
+        stream = self.streams.get(key)
+        return None if stream is None else stream.lag_ms
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that ended the client, if one did (a background task's failure, or a fatal error)."""
+        return self._fatal
 
     def __aiter__(self) -> StreamClient:
         return self
@@ -172,11 +225,14 @@ class StreamClient:
         return batch[0]
 
     async def next_batch(self, limit: int) -> list[Trade]:
-        """Wait for at least one trade, return up to `limit`; [] once stopped and drained."""
-        while not self._out:
+        """Wait for at least one trade, return up to `limit`; [] once stopped and drained.
+
+        Raises the error that ended the client (a fatal one, or TaskFailed for a background task that
+        failed) as soon as it happens; trades read before it stay available through `take_ready`."""
+        while not self._out or self._fatal is not None:
+            if self._fatal is not None:
+                raise self._fatal
             if self._done:
-                if self._fatal is not None:
-                    raise self._fatal
                 return []
             self._ready.clear()
             await self._ready.wait()
@@ -235,7 +291,7 @@ class StreamClient:
 
     def on_trade(self, connection: Connection, trade: Trade) -> None:
         if connection is self._primary:
-            self._accept(trade)
+            self._accept(trade, live=True)
         elif connection is self._successor:
             self._successor_held.append(trade)
             self._successor_first.setdefault((trade.symbol, trade.channel), trade.trade_id)
@@ -257,11 +313,15 @@ class StreamClient:
 
     # --- sequencing: synchronous, so nothing interleaves between a check and its effect -------------
 
-    def _accept(self, trade: Trade) -> None:
+    def _accept(self, trade: Trade, live: bool = False) -> None:
+        """`live`: straight from the primary connection, so not part of an overlap the client made."""
         stream = self.streams.get((trade.symbol, trade.channel))
         if stream is None:
             return  # unsubscribed while frames were in flight
         stream.last_event_ts = trade.event_ts
+        stream.last_trade_at = self._clock()
+        event_ms = trade.event_ts // 1000 if trade.event_ts >= _MICROSECONDS else trade.event_ts
+        stream.lag_ms = int(time.time() * 1000) - event_ms
         if stream.backfilling:
             if len(stream.hold) < self.config.queue_size:
                 stream.hold.append(trade)
@@ -271,26 +331,49 @@ class StreamClient:
         if verdict is Verdict.NEXT or verdict is Verdict.FIRST:
             self._emit(stream, trade)
         elif verdict is Verdict.DUPLICATE:
-            stream.duplicates += 1
+            if live:
+                self._went_back(stream, trade)
+            else:
+                stream.duplicates += 1
         else:
             assert stream.last_id is not None
             stream.hold.append(trade)
             self._start_backfill(stream, missing_between(stream.last_id, trade.trade_id))
 
+    def _went_back(self, stream: StreamState, trade: Trade) -> None:
+        """A live id at or below the last one handed on: a replay or an exchange reset (issue 8, 2)."""
+        first_of_run = not stream.regressions or stream.regressions[-1].trade_id + 1 != trade.trade_id
+        stream.ids_back += 1
+        stream.regressions.append(trade)
+        if first_of_run:
+            logger.warning("%s@%s: trade id went back: %d arrived after %d (a replayed stream or an exchange "
+                           "reset); not stored again, kept for the audit (%d so far)", stream.key[0],
+                           stream.key[1], trade.trade_id, stream.last_id, stream.ids_back)
+
     def _emit(self, stream: StreamState, trade: Trade) -> None:
         stream.last_id = trade.trade_id
         stream.trades += 1
+        stream.last_progress = self._clock()
         self._out.append(trade)
         self._ready.set()
 
     def _start_backfill(self, stream: StreamState, gap: Gap | None) -> None:
         stream.backfilling = True
+        stream.held_since = self._clock()
         if gap is not None:
             stream.gaps_found += 1
             logger.info("%s@%s: gap of %d trades (%d..%d); backfilling from REST",
                         stream.key[0], stream.key[1], gap.size, gap.first, gap.last)
-        task = asyncio.create_task(self._backfill(stream, gap), name=f"backfill {stream.key}")
-        self._backfills[stream.key] = task
+        self._tasks.spawn(self._backfill(stream, gap), name=f"backfill {stream_name(*stream.key)}")
+
+    def stuck_for(self, key: StreamKey) -> float:
+        """Seconds that live trades of `key` have been held without any trade being handed on since
+        (0 when nothing is held): a backfill that makes no progress must not look healthy."""
+        stream = self.streams.get(key)
+        if stream is None or not stream.backfilling or stream.held_since is None:
+            return 0.0
+        since = max(stream.held_since, stream.last_progress or stream.held_since)
+        return max(0.0, self._clock() - since)
 
     # --- backfill ---------------------------------------------------------------------------------
 
@@ -318,6 +401,7 @@ class StreamClient:
                 gap = self._release_held(stream)
                 if gap is None:
                     stream.backfilling = False  # no await since the hold was found empty
+                    stream.held_since = None
                     return
                 stream.gaps_found += 1
                 await self.wait_for_room()
@@ -332,7 +416,7 @@ class StreamClient:
             self._record_missed(stream, beyond, "beyond the backfill window")
         if wanted is None:
             return
-        retries = 0
+        retries = Backoff(0.2, 5.0, attempts=self.config.backfill_retries)
         while stream.last_id is None or stream.last_id < wanted.last:
             start = wanted.first if stream.last_id is None else stream.last_id + 1
             progressed = False
@@ -348,12 +432,13 @@ class StreamClient:
                 await self.wait_for_room()
             if stream.last_id is not None and stream.last_id >= wanted.last:
                 break
-            retries = 0 if progressed else retries + 1
-            if retries > self.config.backfill_retries:
+            if progressed:
+                retries.reset()
+            if retries.exhausted:
                 assert stream.last_id is not None
                 self._record_missed(stream, Gap(stream.last_id + 1, wanted.last), "not on the REST API")
                 return
-            await self._sleep(0.2 * 2**retries)  # the REST API lags the stream by a moment
+            await self._sleep(retries.next_delay())  # the REST API lags the stream by a moment
         stream.gaps_healed += 1
 
     def _release_held(self, stream: StreamState) -> Gap | None:
@@ -378,6 +463,7 @@ class StreamClient:
             stream.last_id = stream.hold[0].trade_id - 1
         self._release_held(stream)
         stream.backfilling = False
+        stream.held_since = None
 
     def _record_missed(self, stream: StreamState, gap: Gap, why: str) -> None:
         stream.missed += gap.size
@@ -402,6 +488,7 @@ class StreamClient:
         except StreamError as exc:  # not retryable: an invalid stream, say
             logger.error("stream client stopped: %s", exc)
             self._fatal = exc
+            self._ready.set()
         finally:
             await self._shutdown()
 
@@ -427,11 +514,14 @@ class StreamClient:
         self.stats.state = "connecting"
         self.stats.connection_attempts += 1
         names = [stream_name(*key) for key in self.streams]
-        connection = Connection(self.config.connection_settings(), names, self, self._clock)
+        connection = Connection(self.config.connection_settings(), names, self, self._clock, spawn=self._tasks.spawn)
         try:
-            await connection.open()
+            opened = await unless_stopped(connection.open(), self._stopping)
         except ConnectionLost as exc:
             logger.warning("connection failed: %s", exc)
+            return None
+        if opened is STOPPED:  # a handshake that hangs must not hold a stop up
+            connection.abort(ConnectionLost("client stopping"))
             return None
         logger.info("connected to %s", connection.url)
         return connection
@@ -499,19 +589,40 @@ class StreamClient:
         self.stats.probes += connection.probes
 
     async def _shutdown(self) -> None:
+        """Close the connections cleanly (each close is bounded), end the backfills, release REST."""
         self.stats.state = "stopping"
+        try:
+            for connection in (self._successor, self._primary):
+                if connection is not None:
+                    await connection.close(1000, "client stopping")
+                    self._retire(connection)
+            self._primary = self._successor = None
+        finally:
+            if self._owns_rest:
+                await self._rest.aclose()
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self.stats.state = "stopped" if self._fatal is None else "failed"
+            self._done = True
+        self._tasks.cancel()  # backfills and connection tasks; the runner itself is ending
+        self._ready.set()
+        self._room.set()
+
+    def _abort_connections(self, reason: BaseException) -> None:
         for connection in (self._successor, self._primary):
             if connection is not None:
-                await connection.close(1000, "client stopping")
-                self._retire(connection)
-        self._primary = self._successor = None
-        for task in self._backfills.values():
-            task.cancel()
-        await asyncio.gather(*self._backfills.values(), return_exceptions=True)
-        if self._owns_rest:
-            await self._rest.aclose()
-        self.stats.state = "stopped"
-        self._done = True
+                connection.abort(reason)
+
+    def _on_task_failure(self, failure: TaskFailed) -> None:
+        """A background task failed unexpectedly (already logged): the whole client ends, loudly."""
+        self.stats.task_failures += 1
+        self.stats.state = "failed"
+        if self._fatal is None:
+            self._fatal = failure
+        self._stopping.set()
+        self._abort_connections(ConnectionLost(str(failure)))
         self._ready.set()
         self._room.set()
 

@@ -11,9 +11,9 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -70,16 +70,27 @@ class EventSink(Protocol):
     def on_parse_error(self, connection: Connection, error: ParseError) -> None: ...
 
 
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+
+
+def _create_task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    return asyncio.create_task(coro, name=name)
+
+
 class Connection:
-    """A connection to a combined stream, with its reader and watchdog tasks."""
+    """A connection to a combined stream, with its reader and watchdog tasks.
+
+    The tasks are started through `spawn` (the client's supervisor): an unexpected error in one of them
+    ends the client loudly instead of leaving a connection that reads nothing (issue 8, 1)."""
 
     def __init__(self, settings: ConnectionSettings, streams: list[str], sink: EventSink,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, spawn: Spawn = _create_task) -> None:
         self.settings = settings
         self.streams = list(streams)
         self.url = combined_stream_url(settings.ws_url, self.streams)
         self._sink = sink
         self._clock = clock
+        self._spawn = spawn
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[int, asyncio.Future[Reply]] = {}
@@ -111,8 +122,7 @@ class Connection:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise ConnectionLost(f"cannot connect to {self.url}: {type(exc).__name__}: {exc}") from exc
         self.opened_at, self.opened_wall = self._clock(), time.time()
-        self._tasks = [asyncio.create_task(self._read(), name=f"read {self.url}"),
-                       asyncio.create_task(self._watch(), name=f"watch {self.url}")]
+        self._tasks = [self._spawn(self._read(), f"read {self.url}"), self._spawn(self._watch(), f"watch {self.url}")]
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with a close frame (bounded wait), then stop the tasks."""
@@ -127,10 +137,13 @@ class Connection:
         self._end(ConnectionLost(f"closed by us ({code} {reason})".strip()))
 
     def abort(self, reason: BaseException) -> None:
-        """Drop the connection at once (no close handshake): it is dead or being replaced."""
+        """Drop the connection at once (no close handshake): it is dead, being replaced, or fenced."""
         self._end(reason)
         if self._ws is not None:
             self._ws.transport.abort()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
 
     def age(self) -> float:
         return self._clock() - self.opened_at
@@ -209,7 +222,7 @@ class Connection:
                 self.abort(SilentConnection(f"no frame for {quiet:.1f} s"))
                 return
             if quiet >= s.silence_timeout and not self._pending:
-                self._tasks.append(asyncio.create_task(self._probe(), name=f"probe {self.url}"))
+                self._tasks.append(self._spawn(self._probe(), f"probe {self.url}"))
 
     async def _probe(self) -> None:
         self.probes += 1

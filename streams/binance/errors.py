@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from streams.binance.backoff import Backoff
+
 
 class StreamError(Exception):
     """Base of every error the Binance client raises."""
@@ -70,16 +72,21 @@ class UnknownSymbol(StreamError, ValueError):
         self.symbol = symbol
 
 
-def retry_delay(exc: BaseException, *, backoff: float, max_wait: float) -> float | None:
+def is_retryable(exc: BaseException) -> bool:
+    """Connection troubles, 5xx, answers that are not what the API returns (a proxy's page), 429s."""
+    return isinstance(exc, (ConnectionLost, ExchangeUnavailable, RateLimited, OSError, TimeoutError))
+
+
+def retry_delay(exc: BaseException, backoff: Backoff, *, max_wait: float) -> float | None:
     """Seconds to wait before retrying after `exc`, or None to give up.
 
-    The one place that decides "retry or give up" (websockets' process_exception is the model):
-    connection troubles and 5xx are retried with the caller's backoff; 429/418 wait what the exchange
-    asks (Retry-After) unless that is longer than `max_wait`; anything else (bad request, unknown
-    symbol, a bug) is not retried.
+    The one place that decides "retry or give up" for the exchange (websockets' process_exception is
+    the model): connection troubles and 5xx are retried on the caller's `backoff` until it is
+    exhausted; 429/418 wait what the exchange asks (Retry-After) unless that is longer than
+    `max_wait`; anything else (a bad request, an unknown symbol, a bug) is not retried.
     """
     if isinstance(exc, RateLimited):
         return exc.retry_after if exc.retry_after <= max_wait else None
-    if isinstance(exc, (ConnectionLost, ExchangeUnavailable, OSError, TimeoutError)):
-        return backoff
-    return None
+    if not is_retryable(exc) or backoff.exhausted:
+        return None
+    return backoff.next_delay()

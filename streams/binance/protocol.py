@@ -30,6 +30,12 @@ MAX_FRAME_BYTES: Final = 1 << 20
 # Timestamps at or above this are microseconds (timeUnit=MICROSECOND); below, milliseconds.
 _MICROSECOND_THRESHOLD: Final = 10**14
 _MAX_TIMESTAMP: Final = 10**17
+# What storage holds (DESIGN.md promise 9: a value a column cannot hold is a bad frame, never a stuck
+# flush): ids are signed 64-bit, prices and quantities numeric(28,8), symbols varchar(20).
+MAX_ID: Final = 2**63 - 1
+DECIMAL_INTEGER_DIGITS: Final = 20
+DECIMAL_PLACES: Final = 8
+MAX_SYMBOL_LENGTH: Final = 20
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -239,9 +245,10 @@ def _trade_from_ws(m: dict[str, Any]) -> Trade:
     if (
         type(t) is int and type(ts) is int and type(es) is int and type(mk) is bool
         and type(s) is str and type(p) is str and type(q) is str
-        and t >= 0 and 0 <= ts < _MAX_TIMESTAMP and 0 <= es < _MAX_TIMESTAMP
-        and s.isalnum() and p.isascii() and q.isascii()
+        and 0 <= t <= MAX_ID and 0 <= ts < _MAX_TIMESTAMP and 0 <= es < _MAX_TIMESTAMP
+        and len(s) <= MAX_SYMBOL_LENGTH and s.isascii() and s.isalnum() and p.isascii() and q.isascii()
         and p.replace(".", "", 1).isdigit() and q.replace(".", "", 1).isdigit()
+        and decimal_fits(p) and decimal_fits(q)
     ):
         return Trade(s.upper(), TRADE, t, p, q, ts, es, mk)
     return Trade(
@@ -305,15 +312,55 @@ def _error_code(code: Any) -> int:
     return code if type(code) is int else -1
 
 
+def validate_trade(trade: Trade) -> Trade:
+    """`trade` if every field is what the parser would have made, else ParseError naming the field.
+
+    For trades that crossed a trust boundary after parsing (the Redis hand-off buffer, DESIGN.md
+    promise 11): whoever can write there must not be able to store what the exchange could not send.
+    """
+    try:
+        if type(trade) is not Trade or trade.channel not in CHANNELS:
+            raise TypeError(f"not a trade of a known channel: {trade!r:.200}")
+        if _symbol(trade.symbol) != trade.symbol:
+            raise ValueError(f"symbol {trade.symbol!r} is not upper case")
+        _identifier(trade.trade_id)
+        _decimal(trade.price_text)
+        _decimal(trade.quantity_text)
+        _timestamp(trade.trade_ts)
+        _timestamp(trade.event_ts)
+        _boolean(trade.is_buyer_maker)
+        if trade.channel == AGG_TRADE:
+            if _identifier(trade.last_trade_id) < _identifier(trade.first_trade_id):
+                raise ValueError("last trade id before first")
+        elif trade.first_trade_id is not None or trade.last_trade_id is not None:
+            raise ValueError("first/last trade ids on a plain trade")
+    except _PARSE_FAILURES as exc:
+        raise ParseError(f"invalid trade: {type(exc).__name__}: {exc}") from None
+    return trade
+
+
+def decimal_fits(text: str) -> bool:
+    """True if a plain decimal string fits numeric(28,8) exactly (no rounding): at most 20 integer
+    digits and 8 decimals, not counting leading or trailing zeros."""
+    point = text.find(".")
+    if point == -1:
+        if len(text) <= DECIMAL_INTEGER_DIGITS:
+            return True
+    elif point <= DECIMAL_INTEGER_DIGITS and len(text) - point - 1 <= DECIMAL_PLACES:
+        return True  # the common case, decided without building new strings
+    whole, _, fraction = text.partition(".")
+    return len(whole.lstrip("0")) <= DECIMAL_INTEGER_DIGITS and len(fraction.rstrip("0")) <= DECIMAL_PLACES
+
+
 def _symbol(value: Any) -> str:
-    if type(value) is not str or not value.isalnum():
-        raise TypeError(f"symbol {value!r} is not alphanumeric text")
+    if type(value) is not str or not value.isascii() or not value.isalnum() or len(value) > MAX_SYMBOL_LENGTH:
+        raise TypeError(f"symbol {value!r:.40} is not alphanumeric text of at most {MAX_SYMBOL_LENGTH} characters")
     return value.upper()
 
 
 def _identifier(value: Any) -> int:
-    if type(value) is not int or value < 0:
-        raise TypeError(f"id {value!r} is not a non-negative integer")
+    if type(value) is not int or not 0 <= value <= MAX_ID:
+        raise TypeError(f"id {value!r} is not an integer from 0 to 2**63-1")
     return value
 
 
@@ -327,7 +374,9 @@ def _decimal(value: Any) -> str:
     # Plain ASCII digits with at most one point: what the exchange sends, and nothing Decimal() would
     # read differently (no sign, exponent, NaN, whitespace, underscores or non-ASCII digits).
     if type(value) is not str or not value.isascii() or not value.replace(".", "", 1).isdigit():
-        raise ValueError(f"decimal {value!r} is not a plain non-negative decimal string")
+        raise ValueError(f"decimal {value!r:.60} is not a plain non-negative decimal string")
+    if not decimal_fits(value):
+        raise ValueError(f"decimal {value!r:.60} does not fit numeric(28,8) (20 digits and 8 decimals)")
     return value
 
 

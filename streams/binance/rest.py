@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
+from streams.binance.backoff import Backoff
 from streams.binance.errors import (
     ExchangeUnavailable,
     IpBanned,
@@ -67,6 +68,7 @@ class BinanceRest:
         max_wait: float = 120.0,
         retries: int = 5,
         backoff_base: float = 0.5,
+        backoff_cap: float = 8.0,
         sleep: Sleep = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -76,6 +78,7 @@ class BinanceRest:
         self._max_wait = max_wait
         self._retries = retries
         self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._weight_minute = -1
@@ -112,13 +115,14 @@ class BinanceRest:
     async def validate_symbol(self, symbol: str, *, wait: float = 0.0) -> dict[str, Any]:
         """symbol_info, trying for `wait` seconds while the exchange cannot be reached (a starting demo)."""
         deadline = time.monotonic() + wait
+        backoff = Backoff(self._backoff_base, self._backoff_cap)
         while True:
             try:
                 return await self.symbol_info(symbol)
             except ExchangeUnavailable:
                 if time.monotonic() >= deadline:
                     raise
-                await self._sleep(0.5)
+                await self._sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
 
     async def trades_page(self, symbol: str, channel: str, from_id: int | None, limit: int = PAGE_LIMIT
                           ) -> list[Trade]:
@@ -149,21 +153,19 @@ class BinanceRest:
     # --- transport --------------------------------------------------------------------------------
 
     async def _get(self, path: str, params: dict[str, Any]) -> Any:
-        attempt = 0
+        backoff = Backoff(self._backoff_base, self._backoff_cap, attempts=self._retries)
         while True:
             try:
                 await self._wait_for_weight(_WEIGHTS.get(path, 1))
                 return await self._get_once(path, params)
             except (RestError, httpx.TransportError) as exc:
                 error = _as_rest_error(exc, self.base_url)
-                backoff = self._backoff_base * 2**attempt
-                delay = retry_delay(error, backoff=backoff, max_wait=self._max_wait)
-                if delay is None or attempt >= self._retries:
+                delay = retry_delay(error, backoff, max_wait=self._max_wait)
+                if delay is None:
                     raise error from exc
-                attempt += 1
                 self.stats.retries += 1
                 logger.warning("%s: GET %s failed (%s); retry %d in %.1f s", params.get("symbol", "-"), path, error,
-                               attempt, delay)
+                               backoff.attempt, delay)
                 await self._sleep(delay)
 
     async def _get_once(self, path: str, params: dict[str, Any]) -> Any:
@@ -171,7 +173,14 @@ class BinanceRest:
         response = await self._http.get(path, params=params)
         self._note_weight(response)
         if response.status_code == 200:
-            return orjson.loads(response.content)
+            try:
+                return orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                # A proxy's or CDN's error page with status 200: the API's state is unknown, like a 5xx
+                # (issue 8, 1a). Retried on the same schedule; never allowed to escape as a ValueError.
+                raise ExchangeUnavailable(200, f"answered 200 with a body that is not JSON "
+                                               f"({response.headers.get('content-type', 'no content type')}): "
+                                               f"{response.text[:120]}") from None
         raise _error_from(response)
 
     def _note_weight(self, response: httpx.Response) -> None:

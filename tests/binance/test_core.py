@@ -69,9 +69,20 @@ def test_token_bucket_keeps_under_the_rate() -> None:
 
 
 def test_the_one_retry_decision() -> None:
-    assert retry_delay(ConnectionLost("x"), backoff=2.0, max_wait=60) == 2.0
-    assert retry_delay(ExchangeUnavailable(503, "down"), backoff=2.0, max_wait=60) == 2.0
-    assert retry_delay(RateLimited(429, "slow down", retry_after=7), backoff=2.0, max_wait=60) == 7
-    assert retry_delay(IpBanned(418, "banned", retry_after=3600), backoff=2.0, max_wait=60) is None
-    assert retry_delay(RestError(400, "bad"), backoff=2.0, max_wait=60) is None
-    assert retry_delay(UnknownSymbol("XXX"), backoff=2.0, max_wait=60) is None
+    def fresh(attempts: int | None = None) -> Backoff:
+        return Backoff(base=2.0, cap=2.0, rng=random.Random(1), attempts=attempts)
+
+    assert 0 <= retry_delay(ConnectionLost("x"), fresh(), max_wait=60) <= 2.0
+    assert 0 <= retry_delay(ExchangeUnavailable(503, "down"), fresh(), max_wait=60) <= 2.0
+    assert retry_delay(RateLimited(429, "slow down", retry_after=7), fresh(), max_wait=60) == 7
+    assert retry_delay(IpBanned(418, "banned", retry_after=3600), fresh(), max_wait=60) is None
+    assert retry_delay(RestError(400, "bad"), fresh(), max_wait=60) is None
+    assert retry_delay(UnknownSymbol("XXX"), fresh(), max_wait=60) is None
+
+
+def test_a_retry_schedule_with_attempts_gives_up_after_them() -> None:
+    backoff = Backoff(base=1.0, cap=4.0, rng=random.Random(2), attempts=3)
+    delays = [retry_delay(ConnectionLost("x"), backoff, max_wait=60) for _ in range(4)]
+    assert all(d is not None and 0 <= d <= 4.0 for d in delays[:3]) and delays[3] is None
+    backoff.reset()
+    assert retry_delay(ConnectionLost("x"), backoff, max_wait=60) is not None

@@ -98,6 +98,7 @@ def test_sqlite_keeps_what_its_decimals_can_hold() -> None:
 def test_values_the_column_cannot_hold_are_rejected_never_rounded(using: str) -> None:
     result = store_trades([make(1), make(2, price="1.123456789"), make(3, qty="123456789012345678901")], using)
     assert (result.inserted, result.rejected) == (1, 2)
+    assert all("numeric(28,8)" in refusal.reason for refusal in result.refused)
     assert [row.trade_id for row in stored(using)] == [1]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +14,7 @@ from workers import registry
 from workers.keys import status_key
 from workers.models import SymbolStream
 from workers.redis import sync_redis
+from workers.status import StreamStatus, write_status_now
 
 pytestmark = pytest.mark.django_db
 
@@ -39,9 +39,9 @@ def admin_client_(client: Client) -> Client:
 @pytest.fixture
 def live_status() -> Iterator[str]:
     key = status_key(f"{QUIET.lower()}@trade")
-    sync_redis().hset(key, mapping={"state": "connected", "trades_per_s": "7.25", "gaps_healed": "3",
-                                    "last_message_at": f"{time.time() - 100:.3f}", "updated_at": f"{time.time():.3f}"})
-    sync_redis().expire(key, 60)
+    write_status_now(sync_redis(), f"{QUIET.lower()}@trade", StreamStatus(
+        state="connected", trades_per_s=7.25, gaps_healed=3, last_trade_age=100.0, ids_back=4, errors=2,
+        last_error="heartbeat: TimeoutError"), ttl=60)
     yield key
     sync_redis().delete(key)
 
@@ -57,8 +57,8 @@ def test_the_list_shows_each_stream_with_its_live_status(admin_client_: Client, 
     registry.enable_stream(QUIET, "aggTrade")
     registry.disable_stream(QUIET, "aggTrade")
     page = admin_client_.get(reverse(CHANGELIST)).content.decode().lower()
-    for text in ("zqadmusdt", "aggtrade", "last message age", "trades/s", "gaps healed", "connected",
-                 ">7.2<", ">3<", ">10", "—", ">enable<", ">disable<"):
+    for text in ("zqadmusdt", "aggtrade", "last trade age", "trades/s", "gaps healed", "connected",
+                 ">7.2<", ">3<", ">10", "—", ">enable<", ">disable<", "ids back", ">4<", "2 (heartbeat: timeouterror)"):
         assert text in page, text
 
 

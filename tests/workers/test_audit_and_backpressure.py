@@ -16,9 +16,10 @@ from tests.helpers import wait_for
 from workers.audit import fill_holes, holes
 from workers.buffer import buffer_stats, flush_all
 from workers.keys import stream_id
+from workers.models import AuditMark
 from workers.redis import sync_redis
 from workers.status import read_status
-from workers.streaming import run_stream_until_stopped
+from workers.streaming import ShutdownSignal, run_stream_until_stopped
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,19 +30,45 @@ def test_the_audit_finds_holes_and_fills_them_from_rest(settings: Any) -> None:
         made = ex.make_trades("BTCUSDT", 300)
         kept = made[:50] + made[60:61] + made[90:200] + made[250:]  # three holes: 10, 29 and 50 trades
         store_trades(kept)
-        found = holes("BTCUSDT", TRADE, window=10_000)
+        found = holes("BTCUSDT", TRADE, made[0].trade_id, made[-1].trade_id)
         assert [(g.first, g.last) for g in found] == [
             (made[50].trade_id, made[59].trade_id), (made[61].trade_id, made[89].trade_id),
             (made[200].trade_id, made[249].trade_id)]
-        assert fill_holes("BTCUSDT", TRADE, window=10_000) == (3, 89)
+        assert fill_holes("BTCUSDT", TRADE) == (3, 89)
     ids = list(PriceUpdate.objects.order_by("trade_id").values_list("trade_id", flat=True))
     assert ids == [t.trade_id for t in made]
-    assert holes("BTCUSDT", TRADE, window=10_000) == []
+    assert holes("BTCUSDT", TRADE, made[0].trade_id, made[-1].trade_id) == []
+    assert AuditMark.objects.get(stream="btcusdt@trade").verified_through == made[-1].trade_id
+
+
+def test_the_audit_fills_holes_far_behind_the_newest_ids_and_never_leaves_one_behind(settings: Any) -> None:
+    # A long outage leaves a hole that the stream has long moved past: today's main looked only at the
+    # newest 100,000 ids and kept that hole for ever. The watermark walks the whole range, a slice a pass.
+    settings.COLLECTOR_AUDIT_SCAN = 50_000
+    with running_exchange(symbols={"BTCUSDT": 0.0}, seed=73) as ex:
+        settings.BINANCE_REST_URL = ex.rest_url
+        made = ex.make_trades("BTCUSDT", 160_000)
+        store_trades(made[:100] + made[130:60_000] + made[60_020:])  # holes at ids +100 and +60,000
+        passes = [fill_holes("BTCUSDT", TRADE) for _ in range(4)]
+    assert passes[0] == (1, 30) and passes[1] == (1, 20) and passes[2:] == [(0, 0), (0, 0)]
+    assert PriceUpdate.objects.count() == 160_000
+    assert AuditMark.objects.get(stream="btcusdt@trade").verified_through == made[-1].trade_id
+
+
+def test_a_hole_wider_than_the_scanned_slice_is_found_whole(settings: Any) -> None:
+    settings.COLLECTOR_AUDIT_SCAN = 1_000
+    with running_exchange(symbols={"BTCUSDT": 0.0}, seed=74) as ex:
+        settings.BINANCE_REST_URL = ex.rest_url
+        made = ex.make_trades("BTCUSDT", 5_000)
+        store_trades(made[:10] + made[2_500:])  # one hole of 2,490 ids, wider than a slice
+        assert fill_holes("BTCUSDT", TRADE) == (1, 2_490)
+        assert AuditMark.objects.get(stream="btcusdt@trade").verified_through == made[2_500].trade_id
+    assert PriceUpdate.objects.count() == 5_000
 
 
 def test_a_full_buffer_holds_the_stream_says_so_and_loses_nothing(fast_settings: Any, clean_redis: None) -> None:
     fast_settings.COLLECTOR_BUFFER_MAX_TRADES = 200
-    shutdown = threading.Event()
+    shutdown = ShutdownSignal()
     sid = stream_id("BTCUSDT", TRADE)
     with running_exchange(symbols={"BTCUSDT": 150.0}, seed=72) as ex:
         fast_settings.BINANCE_WS_URL, fast_settings.BINANCE_REST_URL = ex.ws_url, ex.rest_url
@@ -50,7 +77,7 @@ def test_a_full_buffer_holds_the_stream_says_so_and_loses_nothing(fast_settings:
         runner.start()
         try:
             # Nobody flushes: the buffer fills to its bound, and the status shows the alarm.
-            wait_for(lambda: (read_status(sid) or {}).get("state") == "waiting for buffer room", timeout=30)
+            wait_for(lambda: getattr(read_status(sid), "state", None) == "waiting for buffer room", timeout=30)
             assert buffer_stats(sync_redis())["trades_waiting"] < 200 + 5_000  # bound plus one hand-over at most
             held_at = ex.record("BTCUSDT")[-1].trade_id
             # The database catches up: everything waiting, and what was held back since, gets stored.

@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 from workers.budget import take_connection_slot
-from workers.keys import lease_key, starting_key, status_key, stop_key
+from workers.keys import lease_key, stop_key
 from workers.leases import Lease
 from workers.redis import async_redis, sync_redis
+from workers.status import StreamStatus, write_status_now
 from workers.supervisor import ensure_running, supervise
 
 SID = "btcusdt@trade"
@@ -71,9 +72,7 @@ class Starts:
 
 
 def write_status(**fields: Any) -> None:
-    values = {"state": "connected", "updated_at": f"{time.time():.3f}", "last_frame_at": f"{time.time():.3f}"}
-    values.update({k: str(v) for k, v in fields.items()})
-    sync_redis().hset(status_key(SID), mapping=values)
+    write_status_now(sync_redis(), SID, StreamStatus(**{"state": "connected", "last_frame_age": 0.0, **fields}), ttl=60)
 
 
 def test_a_stream_without_a_task_is_started_once(clean_redis: None, settings: Any) -> None:
@@ -96,11 +95,13 @@ def test_a_stale_stream_is_taken_over(clean_redis: None, settings: Any) -> None:
     starts = Starts()
     client = sync_redis()
     client.set(lease_key(SID), "worker-1:42:task-1")
-    write_status(last_frame_at=f"{time.time() - 30:.3f}")  # an open socket that delivers nothing
-    assert ensure_running(SID, starts) == "restarted"
-    assert starts.sids == [SID]
+    write_status(last_frame_age=30.0)  # an open socket that delivers nothing
+    assert ensure_running(SID, starts) == "stopping stale"
     assert client.get(stop_key(SID)) == b"worker-1:42:task-1"  # the old task is told to stop
-    assert not client.exists(lease_key(SID)) and client.exists(starting_key(SID))
+    # One owner per stream: the lease is not taken from the old task; it releases it when it stops.
+    assert starts.sids == [] and client.get(lease_key(SID)) == b"worker-1:42:task-1"
+    client.delete(lease_key(SID))  # the old task stopped and released it
+    assert ensure_running(SID, starts) == "started" and starts.sids == [SID]
 
 
 def test_a_running_stream_that_is_not_enabled_is_stopped_and_re_enabling_clears_that(

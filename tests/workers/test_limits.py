@@ -34,7 +34,7 @@ def test_many_streams_starting_at_once_stay_within_the_connection_budget(
             enable_stream(symbol, TRADE)
         with Beat():
             wait_for(lambda: ex.stats.connection_attempts >= 3, timeout=30)
-            wait_for(lambda: len([s for s in SYMBOLS if (read_status(stream_id(s, TRADE)) or {}).get("state")
+            wait_for(lambda: len([s for s in SYMBOLS if getattr(read_status(stream_id(s, TRADE)), "state", None)
                                   == "waiting for connection budget"]) == 3, timeout=30)
             pause = threading.Event()
             for _ in range(20):  # for 2 s of supervision passes, restarts included: still 3 attempts

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -10,19 +9,19 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.tcpproxy import tcp_proxy
-from workers.keys import BEAT_SEEN, status_key
+from workers.keys import BEAT_SEEN
 from workers.redis import sync_redis
 from workers.registry import enable_stream
+from workers.status import StreamStatus, server_time, write_status_now
 
 pytestmark = pytest.mark.django_db
 
 
 def report_status(sid: str, **fields: Any) -> None:
-    now = time.time()
-    values = {"state": "connected", "worker": "w1", "updated_at": now, "last_frame_at": now, "trades": 42,
-              "reconnects": 1, "gaps_healed": 2, "lag_ms": 15}
+    values: dict[str, Any] = {"state": "connected", "worker": "w1", "last_frame_age": 0.1, "trades": 42,
+                              "reconnects": 1, "gaps_healed": 2, "lag_ms": 15}
     values.update(fields)
-    sync_redis().hset(status_key(sid), mapping={k: str(v) for k, v in values.items()})
+    write_status_now(sync_redis(), sid, StreamStatus(**values), ttl=60)
 
 
 def test_a_stalled_stream_shows_as_stalled(clean_redis: None, settings: Any) -> None:
@@ -31,10 +30,13 @@ def test_a_stalled_stream_shows_as_stalled(clean_redis: None, settings: Any) -> 
     enable_stream("ETHUSDT", "trade")
     enable_stream("BNBUSDT", "trade")
     report_status("btcusdt@trade")
-    report_status("ethusdt@trade", last_frame_at=time.time() - 60)  # open socket, nothing for a minute
+    report_status("ethusdt@trade", last_frame_age=60.0)  # open socket, nothing for a minute
+    report_status("xrpusdt@trade", stuck_for=30.0)  # frames arrive, but trades wait and nothing is handed on
     body = Client().get("/api/streams/").json()
     states = {entry["stream"]: entry["state"] for entry in body["streams"]}
-    assert states == {"btcusdt@trade": "connected", "ethusdt@trade": "stalled", "bnbusdt@trade": "not running"}
+    enable_stream("XRPUSDT", "trade")
+    assert states == {"btcusdt@trade": "connected", "ethusdt@trade": "stalled", "bnbusdt@trade": "not running",
+                      "xrpusdt@trade": "stalled"}
     btc = next(e for e in body["streams"] if e["stream"] == "btcusdt@trade")
     assert (btc["trades"], btc["reconnects"], btc["gaps_healed"], btc["worker"]) == (42, 1, 2, "w1")
     assert body["buffer"]["trades_waiting"] == 0
@@ -57,7 +59,7 @@ def test_healthz_turns_503_when_redis_stops(clean_redis: None, settings: Any) ->
         settings.REDIS_URL = f"redis://127.0.0.1:{proxy.port}/15"
         sync_redis.cache_clear()
         try:
-            sync_redis().set(BEAT_SEEN, f"{time.time():.3f}")
+            sync_redis().set(BEAT_SEEN, f"{server_time(sync_redis()):.3f}")
             assert Client().get("/healthz").status_code == 200
             proxy.cut()
             response = Client().get("/healthz")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -18,8 +17,9 @@ from workers.status import read_status
 logger = logging.getLogger(__name__)
 
 ACTIONS = ("enable", "disable", "list", "status")
-STATUS_FIELDS = ("state", "worker", "connected_since", "last_message_age", "trades_per_s", "reconnects",
-                 "gaps_found", "gaps_healed", "parse_errors", "lag_ms", "updated_at")
+STATUS_FIELDS = ("state", "worker", "connected_for", "last_trade_age", "heartbeat_age", "stuck_for", "trades_per_s",
+                 "reconnects", "gaps_found", "gaps_healed", "missed", "ids_back", "parse_errors", "errors", "lag_ms",
+                 "last_error")
 
 
 class Command(BaseCommand):
@@ -100,13 +100,11 @@ def _status_line(sid: str, enabled: bool) -> str:
     head = f"{sid}\t{'enabled' if enabled else 'disabled'}"
     if status is None:
         return f"{head}\tno status (no task reports this stream)"
-    fields = " ".join(f"{name}={_format(name, status.get(name))}" for name in STATUS_FIELDS if name in status)
+    fields = " ".join(f"{name}={_format(getattr(status, name))}" for name in STATUS_FIELDS)
     return f"{head}\t{fields}"
 
 
-def _format(name: str, value: Any) -> str:
+def _format(value: Any) -> str:
     if value is None or value == "":
         return "—"
-    if name.endswith(("_since", "_at")) and isinstance(value, float):
-        return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
     return f"{value:.1f}" if isinstance(value, float) else str(value)
