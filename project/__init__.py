@@ -1,5 +1,1 @@
-"""Django project package; importing it loads the Celery app so that shared tasks bind to it."""
-
-from project.celery import app as celery_app
-
-__all__ = ("celery_app",)
+"""The Django project: settings, URLs, ASGI, the Celery app (project.celery) and the launcher (make run)."""

@@ -30,9 +30,9 @@ def _free_port() -> int:
 def test_flower_lists_the_running_stream_task_as_streaming(fast_settings: Any, celery_worker_threads: Any) -> None:
     port = _free_port()
     env = {**os.environ, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "project.settings", "REDIS_URL": settings.REDIS_URL,
-           "DATABASE_URL": database_url()}
-    flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "project", "flower", f"--port={port}",
-                               "--address=127.0.0.1", "--basic-auth=watcher:secret"], cwd=ROOT, env=env,
+           "DATABASE_URL": database_url(), "FLOWER_BASIC_AUTH": "watcher:secret"}
+    # As the Procfile starts it: launcher.flower checks the login, binds 127.0.0.1, then runs `celery flower`.
+    flower = subprocess.Popen([sys.executable, "-m", "project.launcher.flower", f"--port={port}"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with running_exchange(symbols={"BTCUSDT": 20.0}, seed=81) as ex:

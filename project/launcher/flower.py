@@ -1,0 +1,72 @@
+"""Flower, started safely: on 127.0.0.1 unless told otherwise, never without a real `user:password`.
+
+Flower takes `--basic-auth=` (empty) and then lets `Authorization: Basic !` in (DESIGN, known traps), and
+listens on every interface by default. Flower reads the login from FLOWER_BASIC_AUTH itself, so it is
+checked here and never put on the command line, where `ps` would show it to every user of the machine.
+Usage (the Procfiles): `python -m project.launcher.flower [flower options]`; it then runs `celery -A project flower`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+KNOWN_DEFAULT = "admin:change-me"  # what `make run` shipped before it generated a login
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+
+
+def basic_auth_problem(value: str | None) -> str | None:
+    """Why `value` is not a real `user:password` list (Flower splits it on commas), or None."""
+    if value is None or not value.strip():
+        return "FLOWER_BASIC_AUTH is not set: set it to user:password (make run generates one into .env)"
+    for credential in value.split(","):
+        user, colon, password = credential.partition(":")
+        if not colon:
+            return "FLOWER_BASIC_AUTH has no colon: set it to user:password"
+        if not user.strip() or not password.strip():
+            return "FLOWER_BASIC_AUTH has an empty user or password: set it to user:password"
+        if credential.strip() == KNOWN_DEFAULT:
+            return (f"FLOWER_BASIC_AUTH is the known default {KNOWN_DEFAULT}: set a real user:password, "
+                    "or unset it (make run generates one into .env)")
+    return None
+
+
+def flower_problem(argv: list[str], environ: dict[str, str]) -> str | None:
+    """Why Flower must not start with these options and this environment, or None."""
+    given = _option(argv, "--basic-auth")
+    problem = basic_auth_problem(given if given is not None else environ.get("FLOWER_BASIC_AUTH"))
+    unauthenticated = _option(argv, "--unauthenticated_api") or environ.get("FLOWER_UNAUTHENTICATED_API", "")
+    if problem is None and unauthenticated.strip().lower() in _TRUE:
+        problem = "FLOWER_UNAUTHENTICATED_API opens Flower's API to anyone: unset it"
+    return problem
+
+
+def flower_command(argv: list[str], environ: dict[str, str]) -> list[str]:
+    """`celery -A project flower`, bound to FLOWER_ADDRESS or 127.0.0.1 unless `--address` is given."""
+    address = environ.get("FLOWER_ADDRESS") or "127.0.0.1"
+    bind = [] if _option(argv, "--address") is not None else [f"--address={address}"]
+    return [sys.executable, "-m", "celery", "-A", "project", "flower", *bind, *argv]
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of `--name=value` (tornado's syntax, with - or _) in argv, or None."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.replace("-", "_") == name.replace("-", "_"):
+            return value
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    environ = dict(os.environ)
+    problem = flower_problem(args, environ)
+    if problem:
+        print(f"flower: refusing to start: {problem}", file=sys.stderr)
+        return 1
+    command = flower_command(args, environ)
+    os.execv(command[0], command)  # noqa: S606 - becomes Flower; the runner signals and waits for it
+
+
+if __name__ == "__main__":
+    sys.exit(main())
