@@ -15,7 +15,7 @@ app.autodiscover_tasks()
 
 
 @setup_logging.connect
-def use_django_logging(loglevel: int | str | None = None, **_: Any) -> None:
+def use_django_logging(loglevel: int | None = None, **_: Any) -> None:
     """Celery's worker and beat configure logging with this signal's receiver, if it has one: ours applies
     LOGGING (the project's format, the stream id, LOG_LEVEL) as django.setup() does in every other process.
 
@@ -27,7 +27,8 @@ def use_django_logging(loglevel: int | str | None = None, **_: Any) -> None:
     from django.utils.log import configure_logging
 
     configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)
-    if _given_on_command_line("loglevel") and loglevel != logging.getLevelName(settings.LOG_LEVEL):
+    if loglevel is not None and loglevel != logging.getLevelName(settings.LOG_LEVEL) and _given_on_command_line(
+            "loglevel"):
         logging.getLogger(__name__).warning("celery -l/--loglevel %s is ignored: LOG_LEVEL=%s sets the level",
                                             logging.getLevelName(loglevel), settings.LOG_LEVEL)
 

@@ -93,14 +93,15 @@ def format_traceback(exc_info: ExcInfo) -> str:
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
-    """The exception and those it was raised from or while handling, each once."""
+    """The exception and those it was raised from or while handling, each once (chains may be cycles)."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        if exc.__cause__ is not None:
-            yield from _chain(exc.__cause__)
-        exc = exc.__context__
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if current is not None and id(current) not in seen:
+            seen.add(id(current))
+            yield current
+            todo += [current.__context__, current.__cause__]
 
 
 class PlainFormatter(logging.Formatter):
@@ -114,7 +115,7 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         # Not the base class's format(): its cached record.exc_text may come from another formatter.
-        _ensure_stream(record)
+        _ensure_stream(record)  # formatMessage reads record.stream
         record.message = record.getMessage()
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
@@ -132,10 +133,9 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, stream, message, process, thread[, exc][, stack]."""
 
     def format(self, record: logging.LogRecord) -> str:
-        _ensure_stream(record)
         entry: dict[str, Any] = {
             "time": utc_time(record), "level": record.levelname, "logger": record.name,
-            "stream": record.stream, "message": record.getMessage(),
+            "stream": _ensure_stream(record), "message": record.getMessage(),
             "process": record.process, "thread": record.threadName,
         }
         if record.exc_info:
@@ -163,7 +163,9 @@ def _json_escape(match: re.Match[bytes]) -> bytes:
     return b"\\u%04x" % ord(match.group().decode())
 
 
-def _ensure_stream(record: logging.LogRecord) -> None:
-    """A handler configured without StreamFilter still gets the stream id."""
-    if not hasattr(record, "stream"):
-        record.stream = _STREAM.get()
+def _ensure_stream(record: logging.LogRecord) -> str:
+    """The record's stream id: a handler configured without StreamFilter still gets it."""
+    stream = getattr(record, "stream", None)
+    if stream is None:
+        stream = record.stream = _STREAM.get()
+    return str(stream)

@@ -93,7 +93,13 @@ CELERY_TASK_ROUTES = {"workers.tasks.run_stream": {"queue": "streams"}}
 # One message at a time per worker slot: a stream task occupies its slot for as long as it runs.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = False  # stream tasks must not be redelivered past visibility_timeout (celery#5935)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 3600,
+    # A broker connection that stops answering (a Redis restart, a network partition) is noticed within
+    # seconds instead of kombu's 50 s stale-BRPOP check: a streams worker must pick up the tasks the
+    # supervisor dispatches after an outage. kombu's BRPOP waits 1 s at a time, well under the timeout.
+    "socket_timeout": 10, "socket_connect_timeout": 5, "socket_keepalive": True, "health_check_interval": 10,
+}
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows the stream tasks and their stats live
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_TASK_TRACK_STARTED = True
@@ -132,6 +138,7 @@ COLLECTOR_RECLAIM_IDLE = env_float("COLLECTOR_RECLAIM_IDLE", 60.0, minimum=1.0) 
 COLLECTOR_HEARTBEAT_INTERVAL = env_float("COLLECTOR_HEARTBEAT_INTERVAL", 5.0, minimum=0.1)
 COLLECTOR_LEASE_TTL = env_float("COLLECTOR_LEASE_TTL", 30.0, minimum=1.0)
 COLLECTOR_STALE_AFTER = env_float("COLLECTOR_STALE_AFTER", 60.0, minimum=1.0)  # heartbeat or data age
+COLLECTOR_START_TIMEOUT = env_float("COLLECTOR_START_TIMEOUT", 30.0, minimum=1.0)  # dispatched, not started: again
 COLLECTOR_SUPERVISE_INTERVAL = env_float("COLLECTOR_SUPERVISE_INTERVAL", 10.0, minimum=1.0)
 COLLECTOR_AUDIT_INTERVAL = env_float("COLLECTOR_AUDIT_INTERVAL", 300.0, minimum=10.0)
 # Ids checked per stream and pass above its verified watermark (workers.audit): the whole stored range is

@@ -1,12 +1,18 @@
-"""One-off collection into the database: stream client -> writer -> database, then broadcast."""
+"""One-off collection into the database: stream client -> writer -> database, then broadcast.
+
+The client, the writer, the broadcaster and the progress reporter run under one asyncio.TaskGroup: an
+unexpected error in any of them ends the collection loudly (issue 8, 1) instead of leaving a command
+that reads and stores nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from asgiref.sync import sync_to_async
 
@@ -65,13 +71,11 @@ async def collect_to_database(
     if resume:
         logger.info("resuming after %s", resume_ids or "nothing stored yet")
     broadcaster = Broadcaster([ALL_TRADES_GROUP])
-    broadcaster.start()
 
     async def stored(batch: list[Trade]) -> None:
         broadcaster.offer(batch)
 
     writer = TradeWriter(batch_size=batch_size, flush_interval=flush_interval, on_stored=stored)
-    writer.start()
     progress = Progress()
     started = time.monotonic()
     client = StreamClient(config, resume=resume_ids)
@@ -80,29 +84,39 @@ async def collect_to_database(
         _update(progress, client, writer, broadcaster, time.monotonic() - started)
         return progress
 
-    reporter = asyncio.create_task(_report(snapshot, on_progress, progress_every), name="progress")
-    try:
-        async with client:
-            while limit is None or progress.received < limit:
-                want = _TAKE if limit is None else min(_TAKE, limit - progress.received)
-                batch = await unless_stopped(client.next_batch(want), stop)
-                if isinstance(batch, Stopped) or not batch:
-                    break
-                progress.received += len(batch)
-                progress.last_price = batch[-1].price_text
-                if await unless_stopped(writer.put_many(batch), stop) is STOPPED:
-                    writer.put_now(batch)  # stopping: past the bound; close() writes them or says so
-                    break
-        if limit is None:  # already read from the socket: handed on too, nothing read is dropped
-            leftover = client.take_ready(10**9)
-            writer.put_now(leftover)
-            progress.received += len(leftover)
-    finally:
-        reporter.cancel()
-        await asyncio.gather(reporter, return_exceptions=True)
-        progress.unwritten = await writer.close(timeout=close_timeout)
-        await broadcaster.close()
+    async with asyncio.TaskGroup() as group:
+        def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+            return group.create_task(coro, name=name)
+
+        writer.start(spawn)
+        broadcaster.start(spawn)
+        reporter = group.create_task(_report(snapshot, on_progress, progress_every), name="progress")
+        try:
+            async with client:
+                await _pump(client, writer, progress, limit, stop)
+            if limit is None:  # already read from the socket: handed on too, nothing read is dropped
+                leftover = client.take_ready(10**9)
+                writer.put_now(leftover)
+                progress.received += len(leftover)
+        finally:
+            reporter.cancel()
+            progress.unwritten = await writer.close(timeout=close_timeout)
+            await broadcaster.close()
     return snapshot()
+
+
+async def _pump(client: StreamClient, writer: TradeWriter, progress: Progress, limit: int | None,
+                stop: asyncio.Event) -> None:
+    while limit is None or progress.received < limit:
+        want = _TAKE if limit is None else min(_TAKE, limit - progress.received)
+        batch = await unless_stopped(client.next_batch(want), stop)
+        if isinstance(batch, Stopped) or not batch:
+            return
+        progress.received += len(batch)
+        progress.last_price = batch[-1].price_text
+        if await unless_stopped(writer.put_many(batch), stop) is STOPPED:
+            writer.put_now(batch)  # stopping: past the bound; close() writes them or says so
+            return
 
 
 async def _report(snapshot: Callable[[], Progress], on_progress: Callable[[Progress], None] | None,

@@ -1,8 +1,11 @@
 """Batched (or immediate) writes of trades from asyncio code, on one database thread, never losing a batch.
 
-A database error keeps the batch and retries it with capped exponential backoff; memory is bounded by
-`max_pending`: at the bound `put` waits, so the stream client stops reading and TCP pushes back (what
-the exchange could not deliver meanwhile is fetched from REST on reconnect).
+A transient database error (streams.failures: a restart, AdminShutdown, a full disk, a dropped
+connection) keeps the batch and retries it on the one backoff schedule; a trade the database refuses
+for its content is isolated by the storage and counted; anything else (a missing table, bad
+credentials) ends the writer loudly. Memory is bounded by `max_pending`: at the bound `put` waits, so
+the stream client stops reading and TCP pushes back (what the exchange could not deliver meanwhile is
+fetched from REST on reconnect).
 """
 
 from __future__ import annotations
@@ -12,19 +15,22 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, Error, close_old_connections, connections
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
 
 from streams.binance.backoff import Backoff
 from streams.binance.protocol import Trade
+from streams.failures import describe, is_transient
 from streams.storage import StoreResult, store_trades
 
 logger = logging.getLogger(__name__)
 
 OnStored = Callable[[list[Trade]], Awaitable[None]]
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
 @dataclass
@@ -71,8 +77,10 @@ class TradeWriter:
     def pending(self) -> int:
         return len(self._pending)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="trade writer")
+    def start(self, spawn: Spawn | None = None) -> None:
+        """Start the writing task, through `spawn` when the caller supervises its tasks (a TaskGroup)."""
+        spawn = spawn or (lambda coro, name: asyncio.create_task(coro, name=name))
+        self._task = spawn(self._run(), "trade writer")
 
     async def put(self, trade: Trade) -> None:
         await self.put_many([trade])
@@ -98,11 +106,11 @@ class TradeWriter:
         """Write everything pending (retrying as usual, up to `timeout` seconds); the trades left unwritten."""
         self._closing = True
         self._arrived.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout)
-            except TimeoutError:
+        if self._task is not None and not self._task.done():
+            await asyncio.wait({self._task}, timeout=timeout)  # a failure is the supervisor's to report
+            if not self._task.done():
                 logger.error("writer: %d trades could not be written before the timeout", len(self._pending))
+                self._task.cancel()
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close_connection)
         self._thread.shutdown(wait=True)
         return len(self._pending)
@@ -143,15 +151,20 @@ class TradeWriter:
             started = time.perf_counter()
             try:
                 result = await loop.run_in_executor(self._thread, self._store_in_thread, batch)
-            except Error as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 self.stats.db_errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}".strip()
+                self.stats.last_error = describe(exc)
                 delay = self._backoff.next_delay()
-                logger.warning("writer: database error (%s); retrying %d trades in %.2f s",
-                               self.stats.last_error, len(batch), delay)
+                if self._backoff.attempt == 1:  # once per outage; the count and last error are in the stats
+                    logger.warning("writer: database unavailable (%s); keeping %d trades and retrying",
+                                   self.stats.last_error, len(batch))
                 await asyncio.sleep(delay)
                 continue
-            self._backoff.attempt = 0
+            if self._backoff.attempt:
+                logger.info("writer: the database is back after %d attempts", self._backoff.attempt)
+            self._backoff.reset()
             self.stats.last_write_seconds = time.perf_counter() - started
             self.stats.batches += 1
             self.stats.stored += result.inserted
@@ -163,18 +176,16 @@ class TradeWriter:
         close_old_connections()
         try:
             return self._store(batch, self._using)
-        except Error:
+        except Exception:
             # A lost connection must not be reused: the next attempt opens a new one.
-            connections[self._using].close_if_unusable_or_obsolete()
-            if connections[self._using].connection is not None:
-                try:
-                    connections[self._using].close()
-                except Error:
-                    connections[self._using].connection = None
+            self._close_connection()
             raise
 
     def _close_connection(self) -> None:
         try:
             connections[self._using].close()
-        except Error as exc:
-            logger.warning("writer: closing the database connection failed: %s", exc)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            connections[self._using].connection = None  # dead already: forget it
+            logger.debug("writer: closing a dead database connection: %s", describe(exc))

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to an upstream address on a thread; `cut()` drops every connection and
-    refuses new ones until `restore()`."""
+    refuses new ones until `restore()`; `freeze()` keeps every connection open but forwards nothing, and
+    accepts new ones that never get an answer (a peer that went away without a word: a blackhole)."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -18,6 +19,8 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self._open = threading.Event()
         self._open.set()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._stopping = False
@@ -35,9 +38,14 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._open.set()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
 
     def close(self) -> None:
         self._stopping = True
+        self._flowing.set()
         self.cut()
         self._listener.close()
 
@@ -49,6 +57,10 @@ class TcpProxy:
                 return
             if not self._open.is_set():
                 client.close()  # refused while cut
+                continue
+            if not self._flowing.is_set():
+                with self._lock:
+                    self._sockets.add(client)  # accepted, never answered; closed by cut() or close()
                 continue
             try:
                 upstream = socket.create_connection(self.upstream, timeout=5)
@@ -63,6 +75,9 @@ class TcpProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()  # frozen: hold the bytes (and the sender's window fills up)
+                if self._stopping:
+                    return
                 dst.sendall(data)
         except OSError:
             pass  # either side closed or was cut: end both

@@ -23,6 +23,7 @@ import orjson
 from django.conf import settings
 from django.db import connection
 
+from project.logs import stream_context
 from streams.binance.protocol import Trade
 from streams.binance.rest import BinanceRest
 from streams.binance.sequence import Gap
@@ -58,8 +59,12 @@ def holes(symbol: str, channel: str, start: int, end: int) -> list[Gap]:
 
 def fill_holes(symbol: str, channel: str, scan: int | None = None) -> tuple[int, int]:
     """One pass over stream (symbol, channel) above its watermark: (holes found, trades stored)."""
-    scan = scan or settings.COLLECTOR_AUDIT_SCAN
     sid = stream_id(symbol, channel)
+    with stream_context(sid):
+        return _fill_holes(sid, symbol, channel, scan or settings.COLLECTOR_AUDIT_SCAN)
+
+
+def _fill_holes(sid: str, symbol: str, channel: str, scan: int) -> tuple[int, int]:
     stored_ids = PriceUpdate.objects.filter(ticker_symbol=symbol, channel=channel)
     mark = AuditMark.objects.filter(stream=sid).values_list("verified_through", flat=True).first()
     start = mark if mark is not None else stored_ids.order_by("trade_id").values_list("trade_id", flat=True).first()
@@ -73,13 +78,13 @@ def fill_holes(symbol: str, channel: str, scan: int | None = None) -> tuple[int,
     found = holes(symbol, channel, start, end)
     stored = 0
     if found:
-        logger.warning("%s: audit found %d holes (%d trades) between ids %d and %d; filling from REST", sid,
+        logger.warning("audit found %d holes (%d trades) between ids %d and %d; filling from REST",
                        len(found), sum(g.size for g in found), start, end)
         stored = _fill(symbol, channel, found)
         left = holes(symbol, channel, start, end)
         if left:
-            logger.error("%s: %d holes (%d trades) could not be filled yet, first %d..%d; retried next pass",
-                         sid, len(left), sum(g.size for g in left), left[0].first, left[0].last)
+            logger.error("%d holes (%d trades) could not be filled yet, first %d..%d; retried next pass",
+                         len(left), sum(g.size for g in left), left[0].first, left[0].last)
             end = left[0].first - 1
         _count(holes=len(found), filled=stored, unfilled=sum(g.size for g in left))
     if mark is None or end > mark:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -215,7 +216,9 @@ class _Runner:
         loop = asyncio.get_running_loop()
         self._fence.arm(loop)
         try:
-            with self.shutdown.watch(lambda: loop.call_soon_threadsafe(self._stop, "worker shutting down")):
+            context = contextvars.copy_context()  # the signal comes on Celery's thread: log with the stream id
+            with self.shutdown.watch(lambda: loop.call_soon_threadsafe(self._stop, "worker shutting down",
+                                                                       context=context)):
                 try:
                     async with asyncio.timeout(None) as self.deadline:
                         await self._supervised()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from project.logs import stream_context
 from workers.keys import PREFIX, lease_key, starting_key, stop_key
 from workers.redis import sync_redis
 from workers.status import is_stale, read_status, stale_reason
@@ -16,7 +17,6 @@ from workers.status import is_stale, read_status, stale_reason
 logger = logging.getLogger(__name__)
 
 STOP_ANY = "*"  # a stop flag for whoever runs the stream (it was disabled)
-_STARTING_TTL = 60  # seconds a dispatched task has to take its lease before it is dispatched again
 
 
 @dataclass
@@ -36,8 +36,13 @@ def streams_running() -> set[str]:
 
 
 def ensure_running(sid: str, start: Callable[[str], None], actions: Actions | None = None) -> str:
-    """Start `sid` unless a live task runs it; take over from a stale one. Returns what was done."""
-    actions = actions if actions is not None else Actions()
+    """Start `sid` unless a live task runs it; stop a stale one (it is started again once it has).
+    Returns what was done."""
+    with stream_context(sid):
+        return _ensure_running(sid, start, actions if actions is not None else Actions())
+
+
+def _ensure_running(sid: str, start: Callable[[str], None], actions: Actions) -> str:
     client = sync_redis()
     if client.get(stop_key(sid)) == STOP_ANY.encode():
         client.delete(stop_key(sid))  # it was disabled before; it is enabled now
@@ -54,15 +59,18 @@ def ensure_running(sid: str, start: Callable[[str], None], actions: Actions | No
         # the lease expires; the next pass then starts a new task, which resumes where it ended.
         owner_text = owner.decode()
         if client.get(stop_key(sid)) != owner:
-            logger.warning("%s: task %s is stale (%s); asking it to stop, a new task starts when it has",
-                           sid, owner_text, stale_reason(status))
+            logger.warning("task %s is stale (%s); asking it to stop, a new task starts when it has",
+                           owner_text, stale_reason(status))
             client.set(stop_key(sid), owner_text, ex=int(settings.COLLECTOR_LEASE_TTL * 4))
             actions.restarted.append(sid)
         return "stopping stale"
-    if not client.set(starting_key(sid), "1", nx=True, ex=_STARTING_TTL):
+    # A dispatched task that has not taken its lease within COLLECTOR_START_TIMEOUT is dispatched again: its
+    # message may have been lost with a broker connection (kombu's BRPOP takes it off the queue before the
+    # reply reaches the worker). A second task for a stream that got going exits at once: the lease says so.
+    if not client.set(starting_key(sid), "1", nx=True, px=int(settings.COLLECTOR_START_TIMEOUT * 1000)):
         return "starting"
     start(sid)
-    logger.info("%s: no task runs it; started one", sid)
+    logger.info("no task runs it; started one")
     actions.started.append(sid)
     return "started"
 
@@ -86,7 +94,8 @@ def supervise(enabled: Iterable[str], start: Callable[[str], None],
     for sid in sorted(enabled):
         ensure_running(sid, start, actions)
     for sid in sorted(streams_running() - enabled):
-        logger.info("%s: running but not enabled; stopping it", sid)
+        with stream_context(sid):
+            logger.info("running but not enabled; stopping it")
         request_stop(sid, revoke)
         actions.stopped.append(sid)
     sync_redis().set(f"{PREFIX}:supervised-at", f"{time.time():.3f}")

@@ -529,6 +529,7 @@ class StreamClient:
     async def _serve(self, connection: Connection) -> None:
         """Read from `connection`, rotating it before its lifetime ends, until it ends or we stop."""
         self._primary = connection
+        connection.start()
         if self._served:
             self.stats.reconnects += 1
         self._served = True
@@ -556,6 +557,7 @@ class StreamClient:
             await self._wait_stopping(self._sleep(self._backoff.next_delay()))
             return
         self._successor, self._successor_held, self._successor_first = new, [], {}
+        new.start()
         self._switched.clear()
         await _first_of([self._switched, old.ended, new.ended, self._stopping], self.config.overlap_timeout)
         if self._successor is new:

@@ -105,7 +105,8 @@ class Connection:
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the connection; HandshakeRejected for a 4xx answer, ConnectionLost for anything else."""
+        """Open the connection (then `start()` it); HandshakeRejected for a 4xx answer, ConnectionLost
+        for anything else."""
         s = self.settings
         try:
             self._ws = await connect(
@@ -122,6 +123,10 @@ class Connection:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise ConnectionLost(f"cannot connect to {self.url}: {type(exc).__name__}: {exc}") from exc
         self.opened_at, self.opened_wall = self._clock(), time.time()
+
+    def start(self) -> None:
+        """Start reading (frames wait in the socket's queue until then): the owner calls it once it knows
+        what the connection is for, so that no frame meets an owner that does not know it yet."""
         self._tasks = [self._spawn(self._read(), f"read {self.url}"), self._spawn(self._watch(), f"watch {self.url}")]
 
     async def close(self, code: int = 1000, reason: str = "") -> None:

@@ -15,7 +15,9 @@ from streams.binance.client import ClientConfig, StreamClient
 from streams.binance.errors import UnknownSymbol
 from streams.binance.protocol import AGG_TRADE, TRADE, Trade
 from streams.binance.rest import BinanceRest
+from streams.binance.supervision import TaskFailed
 from streams.fake.exchange import FakeExchange
+from tests.tcpproxy import tcp_proxy
 
 FAST = {
     "backoff_base": 0.05, "backoff_cap": 0.2, "backoff_reset_after": 5.0,
@@ -258,3 +260,129 @@ async def test_an_unknown_symbol_is_a_clear_error() -> None:
             await rest.symbol_info("nosuchcoin")
         info = await rest.symbol_info("btcusdt")
         assert info["symbol"] == "BTCUSDT"
+
+
+# --- No silent failure (issue 8) -------------------------------------------------------------------------
+
+async def fast_sleep(seconds: float) -> None:
+    """REST retries without the wait: the schedule is the one under test elsewhere."""
+    await asyncio.sleep(0)
+
+
+async def test_a_rest_answer_that_is_not_json_is_retried_like_a_5xx_and_the_gap_is_healed() -> None:
+    # A proxy's error page with status 200 killed the backfill with a ValueError on today's main: the
+    # stream then held its live trades for ever and handed on nothing.
+    async with exchange() as ex:
+        rest = BinanceRest(ex.rest_url, sleep=fast_sleep)
+        async with client_for(ex, rest=rest) as client:
+            await connected(client, ex)
+            ex.make_trades("BTCUSDT", 5)
+            await take(client, 5)
+            ex.inject("drop", symbol="BTCUSDT")
+            ex.make_trades("BTCUSDT", 20)  # only REST has these
+            ex.inject("rest_garbage", count=2)
+            await until(lambda: client.stats.reconnects >= 1)
+            await connected(client, ex)
+            ex.make_trades("BTCUSDT", 5)
+            got = await take(client, 25)
+        await rest.aclose()
+        assert [identity(t) for t in got] == [identity(t) for t in ex.record("BTCUSDT")[5:]]
+        assert rest.stats.retries >= 2 and ex.stats.rest_garbage == 2
+
+
+async def test_a_rest_that_never_answers_json_gives_the_gap_up_loudly_and_the_stream_goes_on() -> None:
+    async with exchange() as ex:
+        rest = BinanceRest(ex.rest_url, sleep=fast_sleep, retries=2)
+        async with client_for(ex, rest=rest) as client:
+            await connected(client, ex)
+            ex.make_trades("BTCUSDT", 5)
+            await take(client, 5)
+            ex.inject("drop", symbol="BTCUSDT")
+            ex.make_trades("BTCUSDT", 20)
+            ex.inject("rest_garbage", count=1000)
+            await until(lambda: client.stats.reconnects >= 1)
+            await connected(client, ex)
+            ex.make_trades("BTCUSDT", 5)
+            got = await take(client, 5)  # the live trades after the gap are not held for ever
+            stream = client.streams[("BTCUSDT", TRADE)]
+        await rest.aclose()
+        assert [identity(t) for t in got] == [identity(t) for t in ex.record("BTCUSDT")[25:]]
+        assert stream.missed == 20 and not stream.backfilling and client.stuck_for(("BTCUSDT", TRADE)) == 0
+
+
+async def test_an_unexpected_error_in_a_background_task_ends_the_client_loudly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Today's main: an exception other than StreamError in a backfill ended that task in silence, and the
+    # stream kept its connection, reading and holding trades, handing on nothing, saying "connected".
+    class BrokenRest(BinanceRest):
+        async def trades_page(self, *args: Any, **kwargs: Any) -> list[Trade]:
+            raise RuntimeError("a bug nobody foresaw")
+
+    async with exchange() as ex:
+        rest = BrokenRest(ex.rest_url)
+        async with client_for(ex, rest=rest) as client:
+            await connected(client, ex)
+            ex.make_trades("BTCUSDT", 3)
+            await take(client, 3)
+            ex.inject("drop", symbol="BTCUSDT")
+            ex.make_trades("BTCUSDT", 5)
+            await until(lambda: client.stats.reconnects >= 1)
+            ex.make_trades("BTCUSDT", 2)
+            with pytest.raises(TaskFailed, match="a bug nobody foresaw"):
+                await take(client, 1)
+            await until(lambda: ex.active_connections("btcusdt@trade") == 0)  # nothing is left half alive
+        await rest.aclose()
+    failures = [r for r in caplog.records if "failed; stopping the stream" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None  # logged once, with its traceback
+    assert client.stats.task_failures == 1 and client.stats.state == "failed"
+
+
+async def test_a_stop_is_bounded_when_the_exchange_stops_answering() -> None:
+    # An exchange that goes away without a word (no FIN, no RST: packets vanish) must not hold a stop
+    # up: close handshakes, reconnect handshakes and REST calls all hang against it.
+    async with exchange() as ex:
+        host, port = ex.ws_url.removeprefix("ws://").split(":")
+        with tcp_proxy(host, int(port)) as ws_proxy:
+            config = ClientConfig.for_streams(f"ws://127.0.0.1:{ws_proxy.port}", ex.rest_url, [("BTCUSDT", TRADE)],
+                                              **{**FAST, "open_timeout": 30.0, "stop_timeout": 1.0})
+            client = StreamClient(config, rng=random.Random(5))
+            client.start()
+            await connected(client, ex)
+            ws_proxy.freeze()
+            await until(lambda: client.stats.connection_attempts >= 2 and client.stats.state == "connecting")
+            started = time.monotonic()
+            await asyncio.wait_for(client.stop(), timeout=10)  # the hung handshake would take 30 s
+            assert time.monotonic() - started < 5
+            assert client.stats.state == "stopped"
+
+
+async def test_poison_values_are_parse_errors_and_never_handed_on() -> None:
+    async with exchange() as ex, client_for(ex) as client:
+        await connected(client, ex)
+        for variant in ("id_overflow", "price_overflow", "precision"):
+            ex.make_trades("BTCUSDT", 2)
+            ex.inject("garbage", symbol="BTCUSDT", variant=variant)
+        ex.make_trades("BTCUSDT", 2)
+        got = await take(client, 8)
+        await until(lambda: client.stats.parse_errors == 3)
+        assert [identity(t) for t in got] == [identity(t) for t in ex.record("BTCUSDT")]
+        reasons = [reason for _, reason, _ in client.stats.dead_letters]
+        assert any("2**63" in r for r in reasons) and sum("numeric(28,8)" in r for r in reasons) == 2
+
+
+async def test_ids_that_go_back_are_counted_kept_for_the_audit_and_not_handed_on_twice(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Today's main dropped them in silence: no count, no log line, nothing for the audit.
+    async with exchange() as ex, client_for(ex) as client:
+        await connected(client, ex)
+        ex.make_trades("BTCUSDT", 30)
+        await take(client, 30)
+        ex.inject("replay", symbol="BTCUSDT", count=12)
+        ex.make_trades("BTCUSDT", 3)
+        got = await take(client, 3)
+        stream = client.streams[("BTCUSDT", TRADE)]
+        assert [identity(t) for t in got] == [identity(t) for t in ex.record("BTCUSDT")[30:]]
+        assert stream.ids_back == 12 and stream.duplicates == 0
+        assert [t.trade_id for t in stream.regressions] == [t.trade_id for t in ex.record("BTCUSDT")[18:30]]
+    went_back = [r for r in caplog.records if "trade id went back" in r.getMessage()]
+    assert len(went_back) == 1  # the first of the run, not one line per trade

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
+from django.db import connection
 
 from streams.binance.protocol import TRADE, Trade
 from streams.broadcast import ALL_TRADES_GROUP
@@ -107,6 +108,33 @@ def test_the_database_going_away_mid_run_loses_nothing(exchange: FakeExchange) -
     assert "stored 800 trades" in out
     assert "database errors 0" not in out  # the outage was seen, and ridden out
     assert_stored_equals_record(exchange, at_least=800)
+
+
+def terminate_other_sessions() -> int:
+    """What a PostgreSQL restart does to its clients (FATAL 57P01 admin_shutdown), to every session of the
+    test database but this one."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        return int(cursor.fetchone()[0])
+
+
+def test_batch_mode_rides_out_the_database_shutting_its_sessions_down(exchange: FakeExchange) -> None:
+    # Today's main: AdminShutdown, raised raw by psycopg inside COPY, ended the writer task; close() then
+    # raised, and the command died with a traceback, against what the README promises.
+    env = command_env(exchange, DATABASE_CONN_MAX_AGE="600")  # one session, kept between writes
+    process = start_manage("binance_websocket_client", "--limit", "900", "--batch-size", "25", env=env)
+    try:
+        for seen in (100, 300, 500):
+            wait_for(lambda seen=seen: len(stored_ids()) >= seen)  # type: ignore[misc]
+            wait_for(terminate_other_sessions)  # at least one session of the command was cut
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-3000:]
+    assert "stored 900 trades" in out
+    assert "AdminShutdown" in err  # seen, said once per outage, and ridden out
+    assert_stored_equals_record(exchange, at_least=900)
 
 
 def test_sigterm_flushes_what_it_holds_and_exits_cleanly(exchange: FakeExchange) -> None:

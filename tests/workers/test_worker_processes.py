@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,17 +40,26 @@ def worker_env(exchange: FakeExchange, **overrides: str) -> dict[str, str]:
 
 
 @contextmanager
-def celery_worker(exchange: FakeExchange, name: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(exchange: FakeExchange, name: str, *, queues: str = "streams,celery", concurrency: int = 8,
+                  python: tuple[str, ...] = (), log: Path | None = None, **env: str
+                  ) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `celery worker` process. `python`: code run before Celery starts (a skewed clock);
+    `log`: a file for its output (for reading it when a test fails)."""
+    prefix = ["-c", f"{';'.join(python)};import sys;from celery.__main__ import main;sys.argv[0]='celery';main()"] \
+        if python else ["-m", "celery"]
+    output = log.open("wb") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", "streams,celery", "-P", "threads",
-         "-c", "8", "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"],
-        cwd=ROOT, env=worker_env(exchange, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, *prefix, "-A", "project", "worker", "-Q", queues, "-P", "threads",
+         "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=worker_env(exchange, **env), stdout=output, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
         if process.poll() is None:
             process.kill()
         process.wait(timeout=30)
+        if log is not None:
+            output.close()  # type: ignore[union-attr]
 
 
 def drained() -> bool:

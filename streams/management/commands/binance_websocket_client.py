@@ -13,11 +13,14 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from project.logs import stream_context
 from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
-from streams.binance.protocol import normalize_channel, normalize_symbol
+from streams.binance.protocol import normalize_channel, normalize_symbol, stream_name
 from streams.binance.rest import BinanceRest
+from streams.binance.supervision import TaskFailed
 from streams.collector import Progress, collect_to_database
 from streams.config import client_config
+from streams.failures import describe
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +63,19 @@ class Command(BaseCommand):
         if options["flush_interval"] <= 0:
             raise CommandError(f"--flush-interval must be positive, got {options['flush_interval']}")
         try:
-            progress = asyncio.run(self._collect(symbol, channel, options))
+            with stream_context(stream_name(symbol, channel)):
+                progress = asyncio.run(self._collect(symbol, channel, options))
         except UnknownSymbol as exc:
             raise CommandError(str(exc)) from None
         except StreamError as exc:
             raise CommandError(f"collection stopped: {exc}") from None
+        except ExceptionGroup as errors:  # a part of the collection failed (logged with its traceback)
+            first = errors.exceptions[0]
+            if isinstance(first, UnknownSymbol):
+                raise CommandError(str(first)) from None
+            if not isinstance(first, (StreamError, TaskFailed)):
+                logger.error("collection failed", exc_info=first)
+            raise CommandError(f"collection stopped: {describe(first)}") from None
         self._finish_line()
         self.stdout.write(_summary(symbol, channel, progress))
         if progress.unwritten:
