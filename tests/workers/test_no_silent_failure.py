@@ -101,7 +101,7 @@ def test_an_unexpected_error_ends_the_task_loudly_and_the_stream_comes_back_whol
         with Beat():
             wait_for(lambda: len(stored_ids("BTCUSDT")) >= 40, timeout=60)
             first = owner()
-            ex.inject("drop", symbol="BTCUSDT")  # a gap: the backfill runs, and fails
+            ex.inject("stall", symbol="BTCUSDT")  # a silent connection, dropped by the client: a gap to backfill
             wait_for(lambda: sync_redis().hget(FAILURES, SID) == b"1", timeout=30)
             assert b"a bug nobody foresaw" in sync_redis().get(last_failure_key(SID))
             wait_for(lambda: owner() not in ("", first), timeout=30)  # restarted by the supervisor
