@@ -118,6 +118,7 @@ class FakeExchange:
         self._rest = RestServer(self, host, rest_port, weight_limit, weight_window)
         self.host = host
         self._down_until: float | None = None
+        self._calm = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -245,6 +246,10 @@ class FakeExchange:
 
     # --- faults ------------------------------------------------------------------------------
 
+    def calm(self, calm: bool = True) -> None:
+        """Pause the random faults (a soak's last minutes), or resume them."""
+        self._calm = calm
+
     def is_down(self) -> bool:
         return self._down_until is not None and time.monotonic() < self._down_until
 
@@ -286,6 +291,8 @@ class FakeExchange:
         per_connection, per_exchange = self.fault_rates.per_connection(), self.fault_rates.per_exchange()
         while True:
             await asyncio.sleep(_FAULT_TICK)
+            if self._calm:
+                continue
             for session in sorted(self._ws.sessions, key=lambda s: s.opened):
                 for kind, rate in per_connection:
                     if session.closing is None and rng.random() < rate * _FAULT_TICK:

@@ -17,7 +17,7 @@ from streams.binance.protocol import AGG_TRADE, TRADE, Trade
 from streams.binance.rest import BinanceRest
 from streams.binance.supervision import TaskFailed
 from streams.fake.exchange import FakeExchange
-from tests.tcpproxy import tcp_proxy
+from streams.fake.proxy import tcp_proxy
 
 FAST = {
     "backoff_base": 0.05, "backoff_cap": 0.2, "backoff_reset_after": 5.0,

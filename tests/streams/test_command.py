@@ -18,9 +18,9 @@ from streams.binance.protocol import TRADE, Trade
 from streams.broadcast import ALL_TRADES_GROUP
 from streams.fake.exchange import FakeExchange, running_exchange
 from streams.fake.faults import FaultRates
+from streams.fake.proxy import tcp_proxy
 from streams.models import PriceUpdate
 from tests.helpers import command_env, database_url, manage, start_manage, wait_for
-from tests.tcpproxy import tcp_proxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

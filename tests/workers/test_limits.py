@@ -10,8 +10,8 @@ from django.conf import settings
 
 from streams.binance.protocol import TRADE
 from streams.fake.exchange import running_exchange
+from streams.fake.proxy import tcp_proxy
 from tests.helpers import wait_for
-from tests.tcpproxy import tcp_proxy
 from tests.workers.conftest import Beat
 from tests.workers.test_supervision import assert_stored_run_equals_record, stored_ids
 from tests.workers.test_worker_processes import celery_worker, drained

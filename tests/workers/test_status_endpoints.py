@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.tcpproxy import tcp_proxy
+from streams.fake.proxy import tcp_proxy
 from workers.keys import BEAT_SEEN
 from workers.redis import sync_redis
 from workers.registry import enable_stream

@@ -1,4 +1,5 @@
-"""A TCP proxy on loopback that a test can cut and restore: a database or Redis "going away"."""
+"""A TCP proxy on loopback that a test or the soak can cut, freeze and restore: a database, Redis or the
+exchange "going away" (a refused connection, or a blackhole)."""
 
 from __future__ import annotations
 
