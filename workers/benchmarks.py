@@ -26,7 +26,7 @@ from workers.buffer import flush_all
 from workers.keys import PREFIX, stream_id
 from workers.redis import sync_redis
 from workers.status import read_status
-from workers.streaming import run_stream_until_stopped
+from workers.streaming import ShutdownSignal, run_stream_until_stopped
 
 
 @contextlib.contextmanager
@@ -58,6 +58,10 @@ def _clean_redis() -> None:
         client.delete(key)
 
 
+def _connected(symbol: str) -> bool:
+    return getattr(read_status(stream_id(symbol, TRADE)), "state", None) == "connected"
+
+
 class _Flusher(threading.Thread):
     """Flushes continuously; records event time -> commit latency of every trade it stores."""
 
@@ -82,7 +86,7 @@ class _Flusher(threading.Thread):
         connections.close_all()
 
 
-async def _run_streams(symbols: list[str], shutdown: threading.Event) -> list[asyncio.Task[object]]:
+async def _run_streams(symbols: list[str], shutdown: ShutdownSignal) -> list[asyncio.Task[object]]:
     return [asyncio.create_task(run_stream_until_stopped(s, TRADE, owner=f"bench:{s}", shutdown=shutdown))
             for s in symbols]
 
@@ -108,14 +112,14 @@ def _pipeline(ws_url: str, rest_url: str, symbols: list[str], start: object, tot
     from django.conf import settings
 
     settings.BINANCE_WS_URL, settings.BINANCE_REST_URL = ws_url, rest_url
-    shutdown = threading.Event()
+    shutdown = ShutdownSignal()
     flusher = _Flusher()
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, daemon=True, name="bench-streams")
     runner.start()
     tasks = asyncio.run_coroutine_threadsafe(_run_streams(symbols, shutdown), loop).result()
     try:
-        _wait(lambda: all((read_status(stream_id(s, TRADE)) or {}).get("state") == "connected" for s in symbols), 60)
+        _wait(lambda: all(_connected(s) for s in symbols), 60)
         flusher.start()
         began = time.perf_counter()
         start()  # type: ignore[operator]
@@ -138,14 +142,14 @@ def bench_memory(extra: int = 50) -> Result:
         from django.conf import settings
 
         settings.BINANCE_WS_URL, settings.BINANCE_REST_URL = ws_url, rest_url
-        shutdown = threading.Event()
+        shutdown = ShutdownSignal()
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
         first = asyncio.run_coroutine_threadsafe(_run_streams(symbols[:1], shutdown), loop).result()
-        _wait(lambda: (read_status(stream_id(symbols[0], TRADE)) or {}).get("state") == "connected", 60)
+        _wait(lambda: _connected(symbols[0]), 60)
         before = _rss_kib()
         rest = asyncio.run_coroutine_threadsafe(_run_streams(symbols[1:], shutdown), loop).result()
-        _wait(lambda: all((read_status(stream_id(s, TRADE)) or {}).get("state") == "connected"
+        _wait(lambda: all(_connected(s)
                           for s in symbols), 120)
         after = _rss_kib()
         shutdown.set()
@@ -166,13 +170,13 @@ def bench_latency(rate: float = 1000.0, symbols: int = 5, seconds: float = 10.0)
         from django.conf import settings
 
         settings.BINANCE_WS_URL, settings.BINANCE_REST_URL = ws_url, rest_url
-        shutdown = threading.Event()
+        shutdown = ShutdownSignal()
         flusher = _Flusher()
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
         flusher.start()
         tasks = asyncio.run_coroutine_threadsafe(_run_streams(names, shutdown), loop).result()
-        _wait(lambda: all((read_status(stream_id(s, TRADE)) or {}).get("state") == "connected" for s in names), 60)
+        _wait(lambda: all(_connected(s) for s in names), 60)
         time.sleep(2.0)  # let the start-up backfill drain: the steady state is what is measured
         flusher.window_start_ms = time.time() * 1000
         time.sleep(seconds)  # the measurement window itself
@@ -226,11 +230,11 @@ def bench_browser_latency(rate: float = 1000.0, symbols: int = 5, seconds: float
     try:
         with exchange_process(dict.fromkeys(names, rate / symbols)) as (ws_url, rest_url, _, __):
             settings.BINANCE_WS_URL, settings.BINANCE_REST_URL = ws_url, rest_url
-            shutdown = threading.Event()
+            shutdown = ShutdownSignal()
             loop = asyncio.new_event_loop()
             threading.Thread(target=loop.run_forever, daemon=True).start()
             tasks = asyncio.run_coroutine_threadsafe(_run_streams(names, shutdown), loop).result()
-            _wait(lambda: all((read_status(stream_id(s, TRADE)) or {}).get("state") == "connected"
+            _wait(lambda: all(_connected(s)
                               for s in names), 60)
             latencies = asyncio.run(_browser(port, seconds))
             shutdown.set()
