@@ -9,13 +9,18 @@ import redis
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
 from streams.binance.protocol import CHANNELS, TRADE, normalize_symbol
 from workers import registry
+from workers.deadletters import dead_letter_total, recent_dead_letters
 from workers.keys import stream_id
 from workers.models import SymbolStream
+from workers.redis import sync_redis
 from workers.status import StreamStatus, read_status
 
 logger = logging.getLogger(__name__)
@@ -109,6 +114,30 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if status is None or not status.errors:
             return NONE
         return f"{status.errors} ({status.last_error})"
+
+    # --- dead letters: what could not be stored, and why ---------------------------------------------------
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view(self.dead_letters_view)
+        return [path("dead-letters/", view, name="workers_dead_letters"), *super().get_urls()]
+
+    def dead_letters_view(self, request: HttpRequest) -> HttpResponse:
+        client = sync_redis()
+        context = {**self.admin_site.each_context(request), "total": dead_letter_total(client),
+                   "letters": recent_dead_letters(client, 200)}
+        return TemplateResponse(request, "admin/workers/dead_letters.html", context)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        try:
+            total = dead_letter_total(sync_redis())
+        except redis.RedisError as exc:
+            logger.warning("cannot read the dead letters: %s", exc)
+            total = None
+        if total:
+            link = format_html('{} dead letters: <a href="{}">what could not be stored, and why</a>', total,
+                               reverse("admin:workers_dead_letters"))
+            self.message_user(request, link, messages.WARNING)
+        return super().changelist_view(request, extra_context)
 
     # --- actions (through the registry, which tells beat about the change) -----------------------------
 

@@ -78,8 +78,12 @@ async def dead_letter_async(r: redis.asyncio.Redis, letters: Iterable[DeadLetter
 def recent_dead_letters(r: redis.Redis, count: int = 50) -> list[DeadLetter]:
     """The newest `count` dead letters, newest first."""
     rows: Any = r.xrevrange(DEAD_LETTERS, count=count)
-    return [DeadLetter(id=entry_id.decode(), **{k.decode(): v.decode(errors="replace") for k, v in data.items()})
-            for entry_id, data in rows]
+    letters = []
+    for entry_id, data in rows:
+        fields = {k.decode(): v.decode(errors="replace") for k, v in data.items()}
+        letters.append(DeadLetter(*(fields.get(name, "") for name in ("kind", "stream", "reason", "data")),
+                                  id=entry_id.decode()))
+    return letters
 
 
 def dead_letter_total(r: redis.Redis) -> int:

@@ -29,6 +29,7 @@ from typing import TextIO
 
 from project.launcher.envfiles import EnvFileError
 from project.launcher.profiles import Profile, profile_env
+from streams.binance.backoff import Backoff
 
 PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")  # honcho's; other lines (comments) are skipped
 COLOURS = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")  # ANSI, one per process, as honcho
@@ -62,8 +63,9 @@ class RestartPolicy:
         return failures == self.loud_after or (failures > self.loud_after and failures % 20 == 0)
 
     def delay(self, failures: int, rng: random.Random) -> float:
-        """Uniform over [0, min(cap, base * 2^(failures - 1))]: restarts of many processes spread out."""
-        return rng.uniform(0.0, min(self.cap, self.base * 2.0 ** min(failures - 1, 62)))
+        """Uniform over [0, min(cap, base * 2^(failures - 1))]: restarts of many processes spread out. The
+        project's one retry schedule (streams/binance/backoff.py: standard library only, like this runner)."""
+        return Backoff(self.base, self.cap, rng=rng, attempt=failures - 1).next_delay()
 
 
 def procfile_parse(text: str, source: str = "Procfile") -> list[ProcessSpec]:

@@ -11,6 +11,7 @@ from django.urls import reverse
 
 from streams.fake.exchange import FakeExchange
 from workers import registry
+from workers.deadletters import REFUSED, DeadLetter, dead_letter
 from workers.keys import status_key
 from workers.models import SymbolStream
 from workers.redis import sync_redis
@@ -60,6 +61,20 @@ def test_the_list_shows_each_stream_with_its_live_status(admin_client_: Client, 
     for text in ("zqadmusdt", "aggtrade", "last trade age", "trades/s", "gaps healed", "connected",
                  ">7.2<", ">3<", ">10", "—", ">enable<", ">disable<", "ids back", ">4<", "2 (heartbeat: timeouterror)"):
         assert text in page, text
+
+
+def test_dead_letters_are_announced_on_the_list_and_shown_with_their_reason(admin_client_: Client,
+                                                                         clean_redis: None) -> None:
+    dead_letter(sync_redis(), [DeadLetter(REFUSED, "zqadmusdt@trade", "NumericValueOutOfRange: bigint out of range",
+                                          '["ZQADMUSDT","trade",9223372036854775808]')])
+    listing = admin_client_.get(reverse(CHANGELIST)).content.decode()
+    assert "1 dead letters" in listing and reverse("admin:workers_dead_letters") in listing
+    page = admin_client_.get(reverse("admin:workers_dead_letters")).content.decode()
+    assert "refused by database" in page and "bigint out of range" in page and "zqadmusdt@trade" in page
+
+
+def test_the_dead_letters_page_needs_a_staff_login(client: Client) -> None:
+    assert client.get(reverse("admin:workers_dead_letters")).status_code == 302
 
 
 def test_the_list_leaves_out_other_periodic_tasks(admin_client_: Client) -> None:
