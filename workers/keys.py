@@ -50,3 +50,12 @@ def last_failure_key(sid: str) -> str:
     """Why the stream's last task failed, and when (kept after the task is gone, for the status)."""
     return f"{PREFIX}:last-failure:{sid}"
 PERIODIC_ERRORS = f"{PREFIX}:periodic-errors"  # hash: periodic task -> transient failures met
+
+
+COUNTED = ("trades", "messages", "reconnects", "gaps_found", "gaps_healed", "missed", "ids_back", "parse_errors",
+           "errors", "broadcast_dropped")  # a stream's counters that only grow, across its tasks (metrics' _total)
+
+
+def counters_key(sid: str) -> str:
+    """Hash of the stream's counters over all its tasks (COUNTED, and task_failures): they never go back."""
+    return f"{PREFIX}:counters:{sid}"

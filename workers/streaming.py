@@ -42,7 +42,17 @@ from streams.storage import last_stored_ids
 from workers.budget import take_connection_slot
 from workers.buffer import BufferFull, append_trades
 from workers.deadletters import BAD_FRAME, DeadLetter, dead_letter_async
-from workers.keys import FAILURES, ID_REGRESSIONS, last_failure_key, last_id_key, starting_key, stop_key, stream_id
+from workers.keys import (
+    COUNTED,
+    FAILURES,
+    ID_REGRESSIONS,
+    counters_key,
+    last_failure_key,
+    last_id_key,
+    starting_key,
+    stop_key,
+    stream_id,
+)
 from workers.leases import Lease
 from workers.redis import async_redis
 from workers.status import StreamStatus, write_status
@@ -199,6 +209,7 @@ class _Runner:
         self.errors = 0
         self.last_error = ""
         self._error_run = 0                # consecutive transient errors (logged once per run)
+        self._counted: dict[str, int] = {}  # what this task has added to the stream's counters so far
         self._frames_seen = -1
         self._frame_at = time.monotonic()
         self.broadcaster = Broadcaster([ALL_TRADES_GROUP], per_symbol=True)
@@ -231,6 +242,7 @@ class _Runner:
             self._fence.disarm()
             await self.broadcaster.close()
             await _bounded(self._report("failed" if self.failure else "stopped"), FINAL_REDIS, "the last status")
+            await _bounded(self._count(), FINAL_REDIS, "the last counters")
         logger.info("stopped (%s) after handing %d trades to the buffer", self.reason, self.handed)
         return Outcome(self.reason, self.handed, self._status(None), failed=self.failure is not None)
 
@@ -264,6 +276,7 @@ class _Runner:
         with contextlib.suppress(Exception):  # the failure is logged already; Redis may be what failed
             async with asyncio.timeout(FINAL_REDIS), self.redis.pipeline(transaction=False) as pipe:
                 pipe.hincrby(FAILURES, self.sid, 1)
+                pipe.hincrby(counters_key(self.sid), "task_failures", 1)
                 pipe.set(last_failure_key(self.sid), orjson.dumps({"error": describe(error), "owner": self.owner}))
                 await pipe.execute()
 
@@ -404,6 +417,7 @@ class _Runner:
                     self._stop("stop requested")
                 await self._hand_evidence()
                 await self._report(None)
+                await self._count()
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -428,6 +442,21 @@ class _Runner:
                 pipe.lpush(ID_REGRESSIONS, *rows)
                 pipe.ltrim(ID_REGRESSIONS, 0, _REGRESSIONS_KEPT - 1)
                 await pipe.execute()
+
+    async def _count(self) -> None:
+        """Add what grew since the last beat to the stream's counters in Redis, which outlive this task
+        (Prometheus counters never go back when a task restarts)."""
+        status = self._status(None)
+        deltas = {name: getattr(status, name) - self._counted.get(name, 0) for name in COUNTED}
+        deltas = {name: delta for name, delta in deltas.items() if delta > 0}
+        if not deltas:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, delta in deltas.items():
+                pipe.hincrby(counters_key(self.sid), name, delta)
+            await pipe.execute()
+        for name, delta in deltas.items():
+            self._counted[name] = self._counted.get(name, 0) + delta
 
     def _note_error(self, what: str, exc: BaseException) -> None:
         """A transient error: counted, shown in the status, logged once per run of failures."""

@@ -197,7 +197,7 @@ class Connection:
                 frame = await ws.recv()
                 self.frames += 1
                 try:
-                    event: Event = parse_frame(frame)
+                    event: Event = parse_frame(frame, time.time_ns() // 1000)
                 except ParseError as exc:
                     sink.on_parse_error(self, exc)
                     continue

@@ -65,6 +65,7 @@ class Trade(NamedTuple):
     is_buyer_maker: bool
     first_trade_id: int | None = None
     last_trade_id: int | None = None
+    received_us: int | None = None  # local receive time (µs since the epoch); None for REST and the archive
 
     @property
     def price(self) -> Decimal:
@@ -194,8 +195,9 @@ _loads = orjson.loads
 _PARSE_FAILURES = (KeyError, TypeError, ValueError, ArithmeticError, AttributeError)
 
 
-def parse_frame(frame: str | bytes) -> Event:
-    """Parse one WebSocket frame (raw or combined-wrapped) into an event; ParseError for anything else."""
+def parse_frame(frame: str | bytes, received_us: int | None = None) -> Event:
+    """Parse one WebSocket frame (raw or combined-wrapped) into an event; ParseError for anything else.
+    `received_us`: when it arrived (µs since the epoch), kept on the trade."""
     if type(frame) is not str:
         raise ParseError("binary frame (the exchange sends text frames)", frame[:200])
     if len(frame) > MAX_FRAME_BYTES:
@@ -207,8 +209,8 @@ def parse_frame(frame: str | bytes) -> Event:
     try:
         # The common case first, without the general dispatch: a combined-stream trade.
         if type(message) is dict and type(data := message.get("data")) is dict and data.get("e") == TRADE:
-            return _trade_from_ws(data)
-        return parse_message(message)
+            return _trade_from_ws(data, received_us)
+        return parse_message(message, received_us)
     except _PARSE_FAILURES as exc:
         raise ParseError(f"bad trade event: {type(exc).__name__}: {exc}", frame[:200]) from None
     except ParseError as exc:
@@ -216,7 +218,7 @@ def parse_frame(frame: str | bytes) -> Event:
         raise
 
 
-def parse_message(message: Any) -> Event:
+def parse_message(message: Any, received_us: int | None = None) -> Event:
     """Parse a decoded JSON message into an event; ParseError for anything else."""
     if type(message) is not dict:
         raise ParseError(f"expected a JSON object, got {type(message).__name__}")
@@ -227,9 +229,9 @@ def parse_message(message: Any) -> Event:
     kind = message.get("e")
     try:
         if kind == TRADE:
-            return _trade_from_ws(message)
+            return _trade_from_ws(message, received_us)
         if kind == AGG_TRADE:
-            return _agg_trade_from_ws(message)
+            return _agg_trade_from_ws(message, received_us)
         if kind == "serverShutdown":
             return ServerShutdown(_timestamp(message["E"]))
     except _PARSE_FAILURES as exc:
@@ -239,7 +241,7 @@ def parse_message(message: Any) -> Event:
     raise ParseError(f"unknown event type {kind!r}")
 
 
-def _trade_from_ws(m: dict[str, Any]) -> Trade:
+def _trade_from_ws(m: dict[str, Any], received_us: int | None) -> Trade:
     # The hot path: one chain of cheap checks, no helper calls; on failure the helpers say why.
     s, t, p, q, ts, es, mk = m["s"], m["t"], m["p"], m["q"], m["T"], m["E"], m["m"]
     if (
@@ -250,14 +252,14 @@ def _trade_from_ws(m: dict[str, Any]) -> Trade:
         and p.replace(".", "", 1).isdigit() and q.replace(".", "", 1).isdigit()
         and decimal_fits(p) and decimal_fits(q)
     ):
-        return Trade(s.upper(), TRADE, t, p, q, ts, es, mk)
+        return Trade(s.upper(), TRADE, t, p, q, ts, es, mk, None, None, received_us)
     return Trade(
         _symbol(s), TRADE, _identifier(t), _decimal(p), _decimal(q), _timestamp(ts), _timestamp(es),
-        _boolean(mk),
+        _boolean(mk), None, None, received_us,
     )
 
 
-def _agg_trade_from_ws(m: dict[str, Any]) -> Trade:
+def _agg_trade_from_ws(m: dict[str, Any], received_us: int | None) -> Trade:
     first, last = _identifier(m["f"]), _identifier(m["l"])
     if last < first:
         raise ValueError(f"last trade id {last} before first {first}")
@@ -272,6 +274,7 @@ def _agg_trade_from_ws(m: dict[str, Any]) -> Trade:
         _boolean(m["m"]),
         first,
         last,
+        received_us,
     )
 
 
@@ -334,6 +337,8 @@ def validate_trade(trade: Trade) -> Trade:
                 raise ValueError("last trade id before first")
         elif trade.first_trade_id is not None or trade.last_trade_id is not None:
             raise ValueError("first/last trade ids on a plain trade")
+        if trade.received_us is not None:
+            _timestamp(trade.received_us)
     except _PARSE_FAILURES as exc:
         raise ParseError(f"invalid trade: {type(exc).__name__}: {exc}") from None
     return trade

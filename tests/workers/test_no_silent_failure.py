@@ -29,7 +29,7 @@ from tests.workers.test_worker_processes import celery_worker, drained
 from workers.audit import audit_counts, check_regressions, fill_holes
 from workers.buffer import flush_all
 from workers.deadletters import BAD_FRAME, recent_dead_letters
-from workers.keys import FAILURES, last_failure_key, lease_key, stream_id
+from workers.keys import FAILURES, counters_key, last_failure_key, lease_key, stream_id
 from workers.redis import sync_redis
 from workers.registry import enable_stream
 from workers.status import read_status
@@ -103,6 +103,7 @@ def test_an_unexpected_error_ends_the_task_loudly_and_the_stream_comes_back_whol
             first = owner()
             ex.inject("stall", symbol="BTCUSDT")  # a silent connection, dropped by the client: a gap to backfill
             wait_for(lambda: sync_redis().hget(FAILURES, SID) == b"1", timeout=30)
+            assert sync_redis().hget(counters_key(SID), "task_failures") == b"1"
             assert b"a bug nobody foresaw" in sync_redis().get(last_failure_key(SID))
             wait_for(lambda: owner() not in ("", first), timeout=30)  # restarted by the supervisor
             made = ex.record("BTCUSDT")[-1].trade_id
@@ -177,6 +178,7 @@ def test_ids_that_go_back_are_shown_and_the_audit_finds_them_replayed(
             wait_for(lambda: len(stored_ids("BTCUSDT")) >= 40, timeout=60)
             ex.inject("replay", symbol="BTCUSDT", count=15)
             wait_for(lambda: getattr(read_status(SID), "ids_back", 0) == 15, timeout=30)
+            wait_for(lambda: sync_redis().hget(counters_key(SID), "ids_back") == b"15", timeout=30)
             wait_for(lambda: sync_redis().llen("collector:id-regressions") == 15, timeout=30)
             wait_for(drained, timeout=30)
             assert check_regressions() == {"replayed": 15, "conflicts": 0, "unchecked": 0}
