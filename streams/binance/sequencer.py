@@ -55,6 +55,7 @@ class Sequencer:
     _gap: Gap | None = None       # being fetched (or to be fetched): last_id+1 .. its last
     _catch_up_to: int | None = None  # a known newest id to reach without a live trade (a quiet resume)
     _losses: list[tuple[Gap, str]] = field(default_factory=list)
+    _overlap: bool = False  # just switched: the new primary may deliver what the old one did
 
     # --- what comes in ---------------------------------------------------------------------------
 
@@ -68,10 +69,17 @@ class Sequencer:
             self._from_primary(trade)
 
     def promote(self) -> None:
-        """The successor became the primary: what it held back is taken as the primary's own."""
+        """The successor became the primary: what it held back is taken as the primary's own. Until the new
+        primary delivers an id beyond the last one, what it delivers at or below it is the overlap (it
+        may not have caught up when the switch came), not ids going back."""
         held, self._successor = self._successor, deque()
+        self._overlap = True
         for trade in held:
-            self._from_primary(trade, replayable=False)
+            self._from_primary(trade)
+
+    def discard_successor(self) -> None:
+        """The successor is gone before the switch: what it held is fetched again if it is missed."""
+        self._successor.clear()
 
     def successor_caught_up(self) -> bool | None:
         """Whether the primary has reached the successor's first trade; None while the successor has
@@ -148,19 +156,21 @@ class Sequencer:
 
     # --- the rules -------------------------------------------------------------------------------
 
-    def _from_primary(self, trade: Trade, replayable: bool = True) -> None:
+    def _from_primary(self, trade: Trade) -> None:
+        last = self.last_id
+        if last is not None and trade.trade_id > last:
+            self._overlap = False
         if self._gap is not None:
             self._hold_back(trade)
             return
-        last = self.last_id
         if last is None or trade.trade_id == last + 1:
             self._emit(trade)
         elif trade.trade_id <= last:
-            if replayable:
+            if self._overlap:
+                self.counters.duplicates += 1
+            else:
                 self.counters.ids_back += 1
                 self.regressions.append(trade)
-            else:
-                self.counters.duplicates += 1
         else:
             self._hold_back(trade)
             self._open_gap(trade.trade_id)

@@ -63,7 +63,7 @@ class Exchange(RuleBasedStateMachine):
         self.successor = None
         if self.retired is not None:
             self.retired = None
-        self.sequencer.promote()  # a successor that existed is gone too: what it held counts as delivered
+        self.sequencer.discard_successor()  # a successor that existed is gone too
 
     @precondition(lambda self: self.successor is None)
     @rule()
