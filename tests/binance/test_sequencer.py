@@ -58,12 +58,14 @@ class Exchange(RuleBasedStateMachine):
 
     @rule()
     def drop_and_reconnect(self) -> None:
-        """What was in flight is lost; the new connection gets only trades made from now on."""
-        self.primary = self.primary_start = self.made
-        self.successor = None
-        if self.retired is not None:
-            self.retired = None
-        self.sequencer.discard_successor()  # a successor that existed is gone too
+        """The primary's connection drops: what was in flight is lost. A successor being opened takes over
+        (the driver promotes it); otherwise a new connection gets only the trades made from now on."""
+        if self.successor is not None:
+            self.sequencer.promote()
+            self.primary, self.primary_start, self.successor = self.successor, self.successor_start, None
+        else:
+            self.primary = self.primary_start = self.made
+        self.retired = None
 
     @precondition(lambda self: self.successor is None)
     @rule()
