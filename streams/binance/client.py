@@ -1,37 +1,38 @@
-"""The stream client: every trade id once and in order, across reconnects, rotations and restarts.
+"""The stream client: every trade id of many streams once and in order, over few shared connections.
 
-It keeps one connection to a combined stream up (reconnecting with backoff), replaces it before the
-exchange's 24 h cut-off or on a `serverShutdown` notice by opening the next one first (make before
-break), and heals every jump in the consecutive trade ids from the REST API.
+Streams are spread over combined connections of up to `streams_per_connection` each (streams/binance/
+slot.py: reconnects with backoff, live SUBSCRIBE/UNSUBSCRIBE, make-before-break rotation per connection);
+each stream's continuity is a Sans-I/O `Sequencer` (streams/binance/sequencer.py) fed by the connections
+and by REST backfills, one backfill task per stream with a gap (a dropped connection with 200 streams
+heals 200 gaps), all within the REST weight budget. Streams can be added and removed while it runs.
+Every task it starts is supervised: an unexpected error ends the whole client, loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from streams.binance.backoff import Backoff
-from streams.binance.connection import Connection, ConnectionSettings
+from streams.binance.connection import ConnectionSettings
 from streams.binance.errors import ConnectionLost, ParseError, StreamError
-from streams.binance.protocol import ServerShutdown, Trade, normalize_channel, normalize_symbol, stream_name
+from streams.binance.protocol import Trade, normalize_channel, normalize_symbol, stream_name
 from streams.binance.rest import BinanceRest
-from streams.binance.sequence import Gap, Verdict, bounded_gap, classify, missing_between
+from streams.binance.sequence import Gap
+from streams.binance.sequencer import Role, Sequencer
+from streams.binance.slot import ConnectionSlot
 from streams.binance.supervision import Supervisor, TaskFailed
-from streams.binance.waiting import STOPPED, unless_stopped
 
 logger = logging.getLogger(__name__)
 
 StreamKey = tuple[str, str]  # (SYMBOL, channel)
-_UNHEALED_KEPT = 100
 _MICROSECONDS = 10**14  # exchange timestamps at or above this are microseconds
-_REGRESSIONS_KEPT = 100  # trades whose id went back, kept for the audit to compare with what is stored
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class ClientConfig:
     backfill_retries: int = 5          # REST not yet showing the trades (it lags the stream slightly)
     queue_size: int = 10_000
     stop_timeout: float = 3.0          # longest a clean stop may take before connections are aborted
+    streams_per_connection: int = 200  # at most 1024 (the exchange's limit)
+    micros: bool = False               # timeUnit=MICROSECOND on streams, X-MBX-TIME-UNIT on REST
 
     @classmethod
     def for_streams(cls, ws_url: str, rest_url: str, streams: Iterable[tuple[str, str]], **tunables: Any
@@ -66,58 +69,118 @@ class ClientConfig:
         return ConnectionSettings(
             ws_url=self.ws_url, open_timeout=self.open_timeout, ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout, silence_timeout=self.silence_timeout,
-            probe_timeout=self.probe_timeout,
+            probe_timeout=self.probe_timeout, micros=self.micros,
         )
 
 
 @dataclass
 class StreamState:
-    """Continuity and counters of one (symbol, channel) stream."""
+    """One (symbol, channel) stream: its sequencer, where it lives, and what was seen of it."""
 
     key: StreamKey
-    last_id: int | None = None
-    hold: deque[Trade] = field(default_factory=deque)
-    backfilling: bool = False
-    trades: int = 0
-    backfilled: int = 0
-    duplicates: int = 0
-    gaps_found: int = 0
-    gaps_healed: int = 0
-    missed: int = 0
-    unhealed: deque[Gap] = field(default_factory=lambda: deque(maxlen=_UNHEALED_KEPT))
+    sequencer: Sequencer
+    slot: ConnectionSlot | None = None
     last_event_ts: int = 0
+    last_trade_at: float | None = None   # monotonic: the last live trade arrived
+    lag_ms: int | None = None            # receive time minus event time of the last live trade
+    held_since: float | None = None      # monotonic: trades have been held behind a gap since
+    last_progress: float | None = None   # monotonic: a trade was handed on
     resume_rejected: bool = False
-    # Live trades whose id is not above the last one handed on, outside the overlaps the client makes
-    # itself (rotation, backfill): a replayed stream or an exchange reset (issue 8, 2). Counted, the
-    # first of each run logged, and kept for the audit to compare with what is stored.
-    ids_back: int = 0
-    regressions: deque[Trade] = field(default_factory=lambda: deque(maxlen=_REGRESSIONS_KEPT))
-    last_trade_at: float | None = None   # monotonic: the last live trade of this stream arrived
-    lag_ms: int | None = None            # wall time when the last live trade arrived, minus its event time
-    last_progress: float | None = None   # monotonic: the last trade was handed on
-    held_since: float | None = None      # monotonic: live trades have been held since (backfilling)
+    backfill: asyncio.Task[None] | None = None
+    counted_ready: int = 0               # its trades in the client's ready count
+
+    # The continuity counters, as the status reads them.
+    @property
+    def last_id(self) -> int | None:
+        return self.sequencer.last_id
+
+    @property
+    def trades(self) -> int:
+        return self.sequencer.counters.trades
+
+    @property
+    def backfilled(self) -> int:
+        return self.sequencer.counters.backfilled
+
+    @property
+    def duplicates(self) -> int:
+        return self.sequencer.counters.duplicates
+
+    @property
+    def ids_back(self) -> int:
+        return self.sequencer.counters.ids_back
+
+    @property
+    def gaps_found(self) -> int:
+        return self.sequencer.counters.gaps_found
+
+    @property
+    def gaps_healed(self) -> int:
+        return self.sequencer.counters.gaps_healed
+
+    @property
+    def missed(self) -> int:
+        return self.sequencer.counters.missed
+
+    @property
+    def unhealed(self) -> deque[Gap]:
+        return self.sequencer.unhealed
+
+    @property
+    def regressions(self) -> deque[Trade]:
+        return self.sequencer.regressions
+
+    @property
+    def backfilling(self) -> bool:
+        return self.sequencer.wanted is not None
 
 
-@dataclass
 class ClientStats:
-    state: str = "idle"
-    connected_since: float | None = None  # wall-clock seconds
-    connection_attempts: int = 0
-    reconnects: int = 0
-    rotations: int = 0
-    parse_errors: int = 0
-    frames_closed: int = 0  # frames read by connections that have ended
-    probes: int = 0         # silence probes sent (LIST_SUBSCRIPTIONS), by connections that have ended
-    dead_letters: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=50))
-    task_failures: int = 0  # background tasks that ended with an unexpected error (each ends the client)
+    """Over every connection of the client (the connection counts are read from them when asked)."""
+
+    def __init__(self, slots: list[ConnectionSlot]) -> None:
+        self._slots = slots
+        self.final_state: str | None = None   # "stopped" or "failed" once the client has ended
+        self.parse_errors = 0
+        self.dead_letters: deque[tuple[float, str, str]] = deque(maxlen=50)
+        self.task_failures = 0  # background tasks that ended with an unexpected error (each ends the client)
+
+    @property
+    def state(self) -> str:
+        if self.final_state is not None:
+            return self.final_state
+        states = {slot.state for slot in self._slots}
+        if not states:
+            return "starting"
+        return states.pop() if len(states) == 1 else ("connected" if states <= {"connected", "rotating", "idle"}
+                                                     else sorted(states - {"connected", "idle"})[0])
+
+    @property
+    def connection_attempts(self) -> int:
+        return sum(slot.connection_attempts for slot in self._slots)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(slot.reconnects for slot in self._slots)
+
+    @property
+    def rotations(self) -> int:
+        return sum(slot.rotations for slot in self._slots)
+
+    @property
+    def connected_since(self) -> float | None:
+        """Wall-clock time the connection in use opened (a client of one connection)."""
+        primary = self._slots[0].primary if len(self._slots) == 1 else None
+        return primary.opened_wall if primary is not None and self._slots[0].state == "connected" else None
 
 
 class StreamClient:
     """`async with StreamClient(config) as client: async for trade in client: ...`
 
-    Trades come out per stream in id order, each id once. `resume` gives, per stream, the last id
-    already stored; the client then fetches what was missed since (at most `backfill_max_trades`).
-    `before_connect` is awaited before each connection attempt (a shared connection budget).
+    Trades come out per stream in id order, each id once. `resume` gives, per stream, the last id already
+    stored; the client then fetches what was missed since (at most `backfill_max_trades`). `add` and
+    `remove` change the streams while it runs. `before_connect` is awaited before each connection attempt
+    (a shared connection budget).
     """
 
     def __init__(
@@ -132,34 +195,29 @@ class StreamClient:
         before_connect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
-        self.streams = {key: StreamState(key) for key in config.streams}
-        self.stats = ClientStats()
-        self._resume = dict(resume or {})
-        self._rest = rest or BinanceRest(config.rest_url)
+        self._slots: list[ConnectionSlot] = []
+        self.stats = ClientStats(self._slots)
+        self.streams: dict[StreamKey, StreamState] = {}
+        self._rest = rest or BinanceRest(config.rest_url, micros=config.micros)
         self._owns_rest = rest is None
         self._sleep = sleep
         self._clock = clock
-        self._backoff = Backoff(config.backoff_base, config.backoff_cap, config.backoff_reset_after,
-                                rng or random.Random())
+        self._rng = rng or random.Random()
         self._before_connect = before_connect
-        self._out: deque[Trade] = deque()
+        self._ready_streams: dict[StreamKey, StreamState] = {}   # streams with trades to hand on (ordered)
+        self._ready_count = 0
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        self._primary: Connection | None = None
-        self._successor: Connection | None = None
-        self._successor_held: list[Trade] = []
-        self._successor_first: dict[StreamKey, int] = {}
-        self._switched = asyncio.Event()
-        self._rotate_now = asyncio.Event()
         self._stopping = asyncio.Event()
         self._done = False
-        self._served = False
         self._fatal: BaseException | None = None
         self._tasks = Supervisor(self._on_task_failure)
-        self._runner: asyncio.Task[None] | None = None
+        self._started = False
+        for key in config.streams:
+            self._register(key, (resume or {}).get(key))
 
-    # --- the consumer's side ----------------------------------------------------------------------
+    # --- life ---------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> StreamClient:
         self.start()
@@ -169,7 +227,11 @@ class StreamClient:
         await self.stop()
 
     def start(self) -> None:
-        self._runner = self._tasks.spawn(self._run(), name="stream client")
+        self._started = True
+        for stream in list(self.streams.values()):
+            self._place(stream)
+            if stream.sequencer.last_id is not None:
+                self._check_resume(stream)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Close the connections with a close frame and stop, within `timeout` seconds (the config's
@@ -178,14 +240,18 @@ class StreamClient:
         self._stopping.set()
         timeout = self.config.stop_timeout if timeout is None else timeout
         try:
-            if self._runner is not None and not self._runner.done():
-                await asyncio.wait({self._runner}, timeout=timeout)  # cancelled: abort at once, below
-                if not self._runner.done():
+            runs = {slot.task for slot in self._slots if slot.task is not None and not slot.task.done()}
+            if runs:
+                await asyncio.wait(runs, timeout=timeout)  # cancelled: abort at once, below
+                if any(not task.done() for task in runs):
                     logger.warning("the stream client did not stop within %.1f s; aborting its connections",
                                    timeout)
         finally:
-            self._abort_connections(ConnectionLost("client stopped"))
+            for slot in self._slots:
+                slot.abort(ConnectionLost("client stopped"))
             await self._tasks.aclose(timeout=1.0)
+            if self._owns_rest:
+                await self._rest.aclose()
             self._finish()
 
     def abort(self, reason: str) -> None:
@@ -196,24 +262,95 @@ class StreamClient:
         if not self._stopping.is_set():
             logger.warning("stream client aborted: %s", reason)
         self._stopping.set()
-        self._abort_connections(ConnectionLost(reason))
+        for slot in self._slots:
+            slot.abort(ConnectionLost(reason))
         self._ready.set()
         self._room.set()
-
-    @property
-    def connected_at(self) -> float | None:
-        """When the connection in use opened (the client's clock), or None while not connected."""
-        primary = self._primary
-        return primary.opened_at if primary is not None and self.stats.state == "connected" else None
-
-    def lag_ms(self, key: StreamKey) -> int | None:
-        stream = self.streams.get(key)
-        return None if stream is None else stream.lag_ms
 
     @property
     def failure(self) -> BaseException | None:
         """The error that ended the client, if one did (a background task's failure, or a fatal error)."""
         return self._fatal
+
+    def _finish(self) -> None:
+        if not self._done:
+            self.stats.final_state = "stopped" if self._fatal is None else "failed"
+            self._done = True
+        self._tasks.cancel()
+        self._ready.set()
+        self._room.set()
+
+    def _on_task_failure(self, failure: TaskFailed) -> None:
+        """A background task failed unexpectedly (already logged): the whole client ends, loudly."""
+        self.stats.task_failures += 1
+        self.stats.final_state = "failed"
+        if self._fatal is None:
+            self._fatal = failure
+        self.abort(str(failure))
+
+    # --- streams while running --------------------------------------------------------------------
+
+    def add(self, symbol: str, channel: str, resume: int | None = None) -> StreamState:
+        """Collect one more stream (SUBSCRIBE on a connection with room, or a new connection)."""
+        key = (normalize_symbol(symbol), normalize_channel(channel))
+        if key in self.streams:
+            return self.streams[key]
+        stream = self._register(key, resume)
+        if self._started:
+            self._place(stream)
+            if resume is not None:
+                self._check_resume(stream)
+        return stream
+
+    def remove(self, symbol: str, channel: str) -> None:
+        """Stop collecting a stream (UNSUBSCRIBE; its connection closes when it carried nothing else).
+        Trades of it already taken stay with the consumer; those not taken yet are dropped."""
+        key = (normalize_symbol(symbol), normalize_channel(channel))
+        stream = self.streams.pop(key, None)
+        if stream is None:
+            return
+        if stream.backfill is not None:
+            stream.backfill.cancel()
+        self._ready_count -= stream.counted_ready
+        stream.sequencer.take()
+        self._ready_streams.pop(key, None)
+        if stream.slot is not None:
+            stream.slot.remove({key})
+
+    async def subscribe(self, symbol: str, channel: str, timeout: float = 10.0) -> None:
+        """`add`, then wait (up to `timeout` s) until a connection carries the stream."""
+        stream = self.add(symbol, channel)
+        if stream.slot is not None:
+            await asyncio.wait_for(stream.slot.synced.wait(), timeout)
+
+    async def unsubscribe(self, symbol: str, channel: str) -> None:
+        self.remove(symbol, channel)
+
+    def _register(self, key: StreamKey, resume: int | None) -> StreamState:
+        sequencer = Sequencer(last_id=resume, hold_limit=self.config.queue_size,
+                              backfill_max=self.config.backfill_max_trades)
+        stream = StreamState(key, sequencer)
+        self.streams[key] = stream
+        return stream
+
+    def _place(self, stream: StreamState) -> None:
+        """On the first connection with room, else on a new one."""
+        limit = max(1, min(self.config.streams_per_connection, 1024))
+        slot = next((s for s in self._slots if len(s.keys) < limit), None)
+        if slot is None:
+            slot = ConnectionSlot(
+                len(self._slots), self.config.connection_settings(), self,
+                backoff=Backoff(self.config.backoff_base, self.config.backoff_cap, self.config.backoff_reset_after,
+                                self._rng),
+                before_connect=self._before_connect, spawn=self._tasks.spawn, stopping=self._stopping,
+                rotate_after=self.config.rotate_after, overlap_timeout=self.config.overlap_timeout,
+                sleep=self._sleep, clock=self._clock)
+            self._slots.append(slot)
+            slot.task = self._tasks.spawn(slot.run(), f"connection {slot.index}")
+        stream.slot = slot
+        slot.add({stream.key})
+
+    # --- the consumer's side ------------------------------------------------------------------------
 
     def __aiter__(self) -> StreamClient:
         return self
@@ -229,7 +366,7 @@ class StreamClient:
 
         Raises the error that ended the client (a fatal one, or TaskFailed for a background task that
         failed) as soon as it happens; trades read before it stay available through `take_ready`."""
-        while not self._out or self._fatal is not None:
+        while not self._ready_count or self._fatal is not None:
             if self._fatal is not None:
                 raise self._fatal
             if self._done:
@@ -241,409 +378,201 @@ class StreamClient:
     def take_ready(self, limit: int) -> list[Trade]:
         """Up to `limit` trades that are ready now, without waiting (for batching consumers)."""
         batch: list[Trade] = []
-        while self._out and len(batch) < limit:
-            batch.append(self._take())
-        return batch
-
-    def _take(self) -> Trade:
-        trade = self._out.popleft()
-        if len(self._out) < self.config.queue_size:
+        while self._ready_streams and len(batch) < limit:
+            key, stream = next(iter(self._ready_streams.items()))
+            batch += stream.sequencer.take(limit - len(batch))
+            stream.counted_ready = stream.sequencer.ready
+            if not stream.counted_ready:
+                del self._ready_streams[key]
+        self._ready_count -= len(batch)
+        if self._ready_count < self.config.queue_size:
             self._room.set()
-        return trade
+        return batch
 
     @property
     def backlogged(self) -> bool:
-        return len(self._out) >= self.config.queue_size
+        return self._ready_count >= self.config.queue_size
 
     async def wait_for_room(self) -> None:
         while self.backlogged and not self._stopping.is_set():
             self._room.clear()
             await self._room.wait()
 
+    # --- what the status shows ----------------------------------------------------------------------
+
     @property
     def messages(self) -> int:
         """Frames read so far, by every connection."""
-        return self.stats.frames_closed + sum(c.frames for c in self._live_connections())
+        return sum(slot.frames for slot in self._slots)
 
     @property
     def probes(self) -> int:
-        """Silence probes sent so far, by every connection."""
-        return self.stats.probes + sum(c.probes for c in self._live_connections())
+        return sum(slot.probes for slot in self._slots)
 
-    def _live_connections(self) -> list[Connection]:
-        return [c for c in (self._primary, self._successor) if c is not None]
+    @property
+    def connections(self) -> int:
+        return sum(1 for slot in self._slots if slot.state in ("connected", "rotating"))
 
-    # --- subscriptions while running --------------------------------------------------------------
+    @property
+    def connected_at(self) -> float | None:
+        """When the connection in use opened (the client's clock), for a client of one connection."""
+        return self._slots[0].connected_at if len(self._slots) == 1 else None
 
-    async def subscribe(self, symbol: str, channel: str) -> None:
-        key = (normalize_symbol(symbol), normalize_channel(channel))
-        self.streams.setdefault(key, StreamState(key))
-        if self._primary is not None:
-            await self._primary.subscribe([stream_name(*key)])
+    def state_of(self, key: StreamKey) -> str:
+        stream = self.streams.get(key)
+        if self._done or self._fatal is not None:
+            return self.stats.state
+        if stream is None or stream.slot is None:
+            return "starting"
+        return stream.slot.state
 
-    async def unsubscribe(self, symbol: str, channel: str) -> None:
-        key = (normalize_symbol(symbol), normalize_channel(channel))
-        self.streams.pop(key, None)
-        if self._primary is not None:
-            await self._primary.unsubscribe([stream_name(*key)])
+    def connected_at_of(self, key: StreamKey) -> float | None:
+        stream = self.streams.get(key)
+        return None if stream is None or stream.slot is None else stream.slot.connected_at
 
-    # --- the connection's side (EventSink) --------------------------------------------------------
+    def reconnects_of(self, key: StreamKey) -> int:
+        stream = self.streams.get(key)
+        return 0 if stream is None or stream.slot is None else stream.slot.reconnects
 
-    def on_trade(self, connection: Connection, trade: Trade) -> None:
-        if connection is self._primary:
-            self._accept(trade, live=True)
-        elif connection is self._successor:
-            self._successor_held.append(trade)
-            self._successor_first.setdefault((trade.symbol, trade.channel), trade.trade_id)
-            if self._successor_caught_up():
-                self._switch_to(connection)
-
-    def on_shutdown_notice(self, connection: Connection, notice: ServerShutdown) -> None:
-        logger.info("%s: serverShutdown notice (E=%d); rotating now", connection.url, notice.event_ts)
-        if connection is self._primary:
-            self._rotate_now.set()
-
-    def on_parse_error(self, connection: Connection, error: ParseError) -> None:
-        self.stats.parse_errors += 1
-        frame = error.frame if isinstance(error.frame, str) else repr(error.frame)
-        self.stats.dead_letters.append((time.time(), error.reason, frame or ""))
-        if self.stats.parse_errors <= 10 or self.stats.parse_errors % 1000 == 0:
-            logger.warning("%s: skipped a bad frame (%d so far): %s; frame: %.200s",
-                           connection.url, self.stats.parse_errors, error.reason, frame)
-
-    # --- sequencing: synchronous, so nothing interleaves between a check and its effect -------------
-
-    def _accept(self, trade: Trade, live: bool = False) -> None:
-        """`live`: straight from the primary connection, so not part of an overlap the client made."""
-        stream = self.streams.get((trade.symbol, trade.channel))
-        if stream is None:
-            return  # unsubscribed while frames were in flight
-        stream.last_event_ts = trade.event_ts
-        stream.last_trade_at = self._clock()
-        event_ms = trade.event_ts // 1000 if trade.event_ts >= _MICROSECONDS else trade.event_ts
-        stream.lag_ms = int(time.time() * 1000) - event_ms
-        if stream.backfilling:
-            if len(stream.hold) < self.config.queue_size:
-                stream.hold.append(trade)
-            # else: dropped from memory; the next trade shows the gap and REST brings it back.
-            return
-        verdict = classify(stream.last_id, trade.trade_id)
-        if verdict is Verdict.NEXT or verdict is Verdict.FIRST:
-            self._emit(stream, trade)
-        elif verdict is Verdict.DUPLICATE:
-            if live:
-                self._went_back(stream, trade)
-            else:
-                stream.duplicates += 1
-        else:
-            assert stream.last_id is not None
-            stream.hold.append(trade)
-            self._start_backfill(stream, missing_between(stream.last_id, trade.trade_id))
-
-    def _went_back(self, stream: StreamState, trade: Trade) -> None:
-        """A live id at or below the last one handed on: a replay or an exchange reset (issue 8, 2)."""
-        first_of_run = not stream.regressions or stream.regressions[-1].trade_id + 1 != trade.trade_id
-        stream.ids_back += 1
-        stream.regressions.append(trade)
-        if first_of_run:
-            logger.warning("%s@%s: trade id went back: %d arrived after %d (a replayed stream or an exchange "
-                           "reset); not stored again, kept for the audit (%d so far)", stream.key[0],
-                           stream.key[1], trade.trade_id, stream.last_id, stream.ids_back)
-
-    def _emit(self, stream: StreamState, trade: Trade) -> None:
-        stream.last_id = trade.trade_id
-        stream.trades += 1
-        stream.last_progress = self._clock()
-        self._out.append(trade)
-        self._ready.set()
-
-    def _start_backfill(self, stream: StreamState, gap: Gap | None) -> None:
-        stream.backfilling = True
-        stream.held_since = self._clock()
-        if gap is not None:
-            stream.gaps_found += 1
-            logger.info("%s@%s: gap of %d trades (%d..%d); backfilling from REST",
-                        stream.key[0], stream.key[1], gap.size, gap.first, gap.last)
-        self._tasks.spawn(self._backfill(stream, gap), name=f"backfill {stream_name(*stream.key)}")
+    def lag_ms(self, key: StreamKey) -> int | None:
+        stream = self.streams.get(key)
+        return None if stream is None else stream.lag_ms
 
     def stuck_for(self, key: StreamKey) -> float:
         """Seconds that live trades of `key` have been held without any trade being handed on since
         (0 when nothing is held): a backfill that makes no progress must not look healthy."""
         stream = self.streams.get(key)
-        if stream is None or not stream.backfilling or stream.held_since is None:
+        if stream is None or not stream.sequencer.holding or stream.held_since is None:
             return 0.0
         since = max(stream.held_since, stream.last_progress or stream.held_since)
         return max(0.0, self._clock() - since)
 
-    # --- backfill ---------------------------------------------------------------------------------
+    # --- the connections' side (SlotSink) -----------------------------------------------------------
 
-    async def _backfill(self, stream: StreamState, gap: Gap | None) -> None:
-        """Fetch `gap` (None: catch up from last_id to the newest trade), then release held trades."""
-        symbol, channel = stream.key
-        try:
-            while True:
-                if gap is None and stream.last_id is not None:
-                    latest = await self._rest.latest_trade_id(symbol, channel)
-                    if latest is not None and latest > stream.last_id:
-                        gap = missing_between(stream.last_id, latest + 1)
-                        stream.gaps_found += 1
-                    elif latest is not None and latest < stream.last_id:
-                        # Ids never go back on one exchange: the stored data came from another one
-                        # (testnet against mainnet, a fake exchange). Every live trade would look like
-                        # a duplicate; start from the live stream instead, and say so loudly.
-                        logger.error("%s@%s: resume point %d is ahead of the exchange's newest trade %d; "
-                                     "the stored trades come from another exchange. Starting from the "
-                                     "live stream.", symbol, channel, stream.last_id, latest)
-                        stream.last_id = None
-                        stream.resume_rejected = True
-                if gap is not None:
-                    await self._fetch(stream, gap)
-                gap = self._release_held(stream)
-                if gap is None:
-                    stream.backfilling = False  # no await since the hold was found empty
-                    stream.held_since = None
-                    return
-                stream.gaps_found += 1
-                await self.wait_for_room()
-        except StreamError as exc:
-            logger.error("%s@%s: backfill failed: %s", symbol, channel, exc)
-            self._give_up_held(stream)
+    def on_trade(self, slot: ConnectionSlot, role: Role, trade: Trade) -> None:
+        stream = self.streams.get((trade.symbol, trade.channel))
+        if stream is None:
+            return  # unsubscribed while frames were in flight
+        now = self._clock()
+        stream.last_event_ts, stream.last_trade_at = trade.event_ts, now
+        if trade.received_us is not None:
+            event_ms = trade.event_ts // 1000 if trade.event_ts >= _MICROSECONDS else trade.event_ts
+            stream.lag_ms = trade.received_us // 1000 - event_ms
+        stream.sequencer.live(trade, role)
+        self._after(stream)
 
-    async def _fetch(self, stream: StreamState, gap: Gap) -> None:
-        symbol, channel = stream.key
-        beyond, wanted = bounded_gap(gap, self.config.backfill_max_trades)
-        if beyond is not None:
-            self._record_missed(stream, beyond, "beyond the backfill window")
-        if wanted is None:
-            return
-        retries = Backoff(0.2, 5.0, attempts=self.config.backfill_retries)
-        while stream.last_id is None or stream.last_id < wanted.last:
-            start = wanted.first if stream.last_id is None else stream.last_id + 1
-            progressed = False
-            async for page in self._rest.pages(symbol, channel, Gap(start, wanted.last)):
-                for trade in page:
-                    if stream.last_id is not None and trade.trade_id > stream.last_id + 1:
-                        self._record_missed(stream, missing_between(stream.last_id, trade.trade_id),
-                                            "absent from the REST API too")
-                    if stream.last_id is None or trade.trade_id > stream.last_id:
-                        stream.backfilled += 1
-                        self._emit(stream, trade)
-                        progressed = True
-                await self.wait_for_room()
-            if stream.last_id is not None and stream.last_id >= wanted.last:
-                break
-            if progressed:
-                retries.reset()
-            if retries.exhausted:
-                assert stream.last_id is not None
-                self._record_missed(stream, Gap(stream.last_id + 1, wanted.last), "not on the REST API")
-                return
-            await self._sleep(retries.next_delay())  # the REST API lags the stream by a moment
-        stream.gaps_healed += 1
+    def on_parse_error(self, slot: ConnectionSlot, error: ParseError) -> None:
+        self.stats.parse_errors += 1
+        frame = error.frame if isinstance(error.frame, str) else repr(error.frame)
+        self.stats.dead_letters.append((time.time(), error.reason, frame or ""))
+        if self.stats.parse_errors <= 10 or self.stats.parse_errors % 1000 == 0:
+            logger.warning("slot %d: skipped a bad frame (%d so far): %s; frame: %.200s", slot.index,
+                           self.stats.parse_errors, error.reason, frame)
 
-    def _release_held(self, stream: StreamState) -> Gap | None:
-        """Hand on held live trades in order; the gap before the first one that does not follow."""
-        while stream.hold:
-            trade = stream.hold[0]
-            verdict = classify(stream.last_id, trade.trade_id)
-            if verdict is Verdict.GAP:
-                assert stream.last_id is not None
-                return missing_between(stream.last_id, trade.trade_id)
-            stream.hold.popleft()
-            if verdict is Verdict.DUPLICATE:
-                stream.duplicates += 1
-            else:
-                self._emit(stream, trade)
-        return None
-
-    def _give_up_held(self, stream: StreamState) -> None:
-        if stream.hold and stream.last_id is not None and stream.hold[0].trade_id > stream.last_id + 1:
-            self._record_missed(stream, missing_between(stream.last_id, stream.hold[0].trade_id),
-                                "the REST API failed")
-            stream.last_id = stream.hold[0].trade_id - 1
-        self._release_held(stream)
-        stream.backfilling = False
-        stream.held_since = None
-
-    def _record_missed(self, stream: StreamState, gap: Gap, why: str) -> None:
-        stream.missed += gap.size
-        stream.unhealed.append(gap)
-        stream.last_id = gap.last
-        logger.error("%s@%s: %d trades (%d..%d) not recovered: %s", stream.key[0], stream.key[1],
-                     gap.size, gap.first, gap.last, why)
-
-    # --- connections ------------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        try:
-            for key, last_id in self._resume.items():
-                if key in self.streams:
-                    self.streams[key].last_id = last_id
-                    self._start_backfill(self.streams[key], None)
-            while not self._stopping.is_set():
-                connection = await self._connect()
-                if connection is None:
-                    break
-                await self._serve(connection)
-        except StreamError as exc:  # not retryable: an invalid stream, say
-            logger.error("stream client stopped: %s", exc)
-            self._fatal = exc
-            self._ready.set()
-        finally:
-            await self._shutdown()
-
-    async def _connect(self) -> Connection | None:
-        """Open a connection, waiting out the backoff between failures; None when stopping."""
-        while not self._stopping.is_set():
-            if self._backoff.attempt or self.stats.connection_attempts:
-                self.stats.state = "backoff"
-                delay = self._backoff.next_delay()
-                logger.info("reconnecting in %.2f s (attempt %d)", delay, self._backoff.attempt)
-                if await self._wait_stopping(self._sleep(delay)):
-                    return None
-            connection = await self._open()
-            if connection is not None:
-                return connection
-        return None
-
-    async def _open(self) -> Connection | None:
-        if self._before_connect is not None:
-            self.stats.state = "waiting for connection budget"
-            if await self._wait_stopping(self._before_connect()):
-                return None
-        self.stats.state = "connecting"
-        self.stats.connection_attempts += 1
-        names = [stream_name(*key) for key in self.streams]
-        connection = Connection(self.config.connection_settings(), names, self, self._clock, spawn=self._tasks.spawn)
-        try:
-            opened = await unless_stopped(connection.open(), self._stopping)
-        except ConnectionLost as exc:
-            logger.warning("connection failed: %s", exc)
-            return None
-        if opened is STOPPED:  # a handshake that hangs must not hold a stop up
-            connection.abort(ConnectionLost("client stopping"))
-            return None
-        logger.info("connected to %s", connection.url)
-        return connection
-
-    async def _serve(self, connection: Connection) -> None:
-        """Read from `connection`, rotating it before its lifetime ends, until it ends or we stop."""
-        self._primary = connection
-        connection.start()
-        if self._served:
-            self.stats.reconnects += 1
-        self._served = True
-        while True:
-            self.stats.state, self.stats.connected_since = "connected", self._primary.opened_wall
-            primary = self._primary
-            due = max(0.0, self.config.rotate_after - primary.age())
-            await _first_of([primary.ended, self._rotate_now, self._stopping], due)
-            if self._stopping.is_set():
-                return
-            if primary.ended.is_set():
-                logger.warning("connection lost: %s", primary.end_reason)
-                self._retire(primary)
-                self._backoff.connection_ended(primary.age())
-                self._primary = None
-                return
-            self._rotate_now.clear()
-            await self._rotate(primary)
-
-    async def _rotate(self, old: Connection) -> None:
-        """Make before break: open the next connection, switch once it has caught up, close the old."""
-        self.stats.state = "rotating"
-        new = await self._open()
-        if new is None:
-            await self._wait_stopping(self._sleep(self._backoff.next_delay()))
-            return
-        self._successor, self._successor_held, self._successor_first = new, [], {}
-        new.start()
-        self._switched.clear()
-        await _first_of([self._switched, old.ended, new.ended, self._stopping], self.config.overlap_timeout)
-        if self._successor is new:
-            if new.ended.is_set():
-                self._successor = None
-                self._retire(new)
-                return
-            self._switch_to(new)
-        self.stats.rotations += 1
-        await old.close(1000, "rotated")
-        self._retire(old)
-
-    def _successor_caught_up(self) -> bool:
-        """True once every stream the new connection has data for is handed on up to that data."""
-        for key, first_id in self._successor_first.items():
+    def on_switch(self, slot: ConnectionSlot) -> None:
+        for key in list(slot.keys):
             stream = self.streams.get(key)
-            if stream is not None and (stream.last_id is None or stream.last_id < first_id - 1):
-                return False
-        return bool(self._successor_first)
+            if stream is not None:
+                stream.sequencer.promote()
+                self._after(stream)
 
-    def _switch_to(self, new: Connection) -> None:
-        self._primary, self._successor = new, None
-        held, self._successor_held = self._successor_held, []
-        for trade in held:
-            self._accept(trade)
-        self._switched.set()
-        logger.info("switched to %s", new.url)
+    def on_successor_lost(self, slot: ConnectionSlot) -> None:
+        for key in list(slot.keys):
+            stream = self.streams.get(key)
+            if stream is not None:
+                stream.sequencer.discard_successor()
 
-    def _retire(self, connection: Connection) -> None:
-        self.stats.frames_closed += connection.frames
-        self.stats.probes += connection.probes
+    def successors_caught_up(self, slot: ConnectionSlot) -> bool:
+        """True once every stream the successor has data for is handed on up to that data."""
+        verdicts = [self.streams[key].sequencer.successor_caught_up() for key in slot.keys if key in self.streams]
+        seen = [v for v in verdicts if v is not None]
+        return bool(seen) and all(seen)
 
-    async def _shutdown(self) -> None:
-        """Close the connections cleanly (each close is bounded), end the backfills, release REST."""
-        self.stats.state = "stopping"
+    def _after(self, stream: StreamState) -> None:
+        """After the sequencer took something in: hand on what is ready, fetch what is missing, say what
+        was lost."""
+        sequencer = stream.sequencer
+        ready = sequencer.ready
+        now = self._clock()
+        if ready != stream.counted_ready:
+            self._ready_count += ready - stream.counted_ready
+            stream.counted_ready = ready
+            self._ready_streams.setdefault(stream.key, stream)
+            stream.last_progress = now
+            self._ready.set()
+        if sequencer.holding:
+            stream.held_since = stream.held_since or now
+        else:
+            stream.held_since = None
+        for trade_id, last in sequencer.went_back():
+            logger.warning("%s: trade id went back: %d arrived after %d (a replayed stream or an exchange reset); "
+                           "not stored again, kept for the audit (%d so far)", stream_name(*stream.key), trade_id,
+                           last, sequencer.counters.ids_back)
+        for gap, why in sequencer.losses():
+            logger.error("%s: %d trades (%d..%d) not recovered: %s", stream_name(*stream.key), gap.size, gap.first,
+                         gap.last, why)
+        if sequencer.wanted is not None and stream.backfill is None:
+            stream.backfill = self._tasks.spawn(self._backfill(stream), f"backfill {stream_name(*stream.key)}")
+
+    # --- backfill ---------------------------------------------------------------------------------------
+
+    async def _backfill(self, stream: StreamState) -> None:
+        """Fetch what the stream's sequencer wants, page by page, until it wants nothing more."""
+        symbol, channel = stream.key
+        name = stream_name(symbol, channel)
+        retries = Backoff(0.2, 5.0, attempts=self.config.backfill_retries, rng=self._rng)
         try:
-            for connection in (self._successor, self._primary):
-                if connection is not None:
-                    await connection.close(1000, "client stopping")
-                    self._retire(connection)
-            self._primary = self._successor = None
+            while (gap := stream.sequencer.wanted) is not None and not self._stopping.is_set():
+                logger.info("%s: gap of %d trades (%d..%d); backfilling from REST", name, gap.size, gap.first,
+                            gap.last)
+                before = stream.sequencer.last_id
+                try:
+                    async for page in self._rest.pages(symbol, channel, gap):
+                        stream.sequencer.page(page)
+                        self._after(stream)
+                        await self.wait_for_room()
+                except StreamError as exc:
+                    logger.error("%s: backfill failed: %s", name, exc)
+                    stream.sequencer.give_up(f"the REST API failed: {exc}")
+                    self._after(stream)
+                    continue
+                if stream.sequencer.last_id != before:
+                    retries.reset()
+                    continue
+                if retries.exhausted:
+                    stream.sequencer.give_up("not on the REST API")
+                    self._after(stream)
+                    retries.reset()
+                    continue
+                await self._sleep(retries.next_delay())  # the REST API lags the stream by a moment
         finally:
-            if self._owns_rest:
-                await self._rest.aclose()
-            self._finish()
+            stream.backfill = None
 
-    def _finish(self) -> None:
-        if not self._done:
-            self.stats.state = "stopped" if self._fatal is None else "failed"
-            self._done = True
-        self._tasks.cancel()  # backfills and connection tasks; the runner itself is ending
-        self._ready.set()
-        self._room.set()
+    def _check_resume(self, stream: StreamState) -> None:
+        """A resumed stream: refuse a resume point ahead of the exchange (stored data from another
+        exchange), and catch a quiet stream up to the newest trade without waiting for a live one."""
+        self._tasks.spawn(self._resume_check(stream), f"resume check {stream_name(*stream.key)}")
 
-    def _abort_connections(self, reason: BaseException) -> None:
-        for connection in (self._successor, self._primary):
-            if connection is not None:
-                connection.abort(reason)
-
-    def _on_task_failure(self, failure: TaskFailed) -> None:
-        """A background task failed unexpectedly (already logged): the whole client ends, loudly."""
-        self.stats.task_failures += 1
-        self.stats.state = "failed"
-        if self._fatal is None:
-            self._fatal = failure
-        self._stopping.set()
-        self._abort_connections(ConnectionLost(str(failure)))
-        self._ready.set()
-        self._room.set()
-
-    async def _wait_stopping(self, awaitable: Awaitable[None]) -> bool:
-        """Run `awaitable` unless asked to stop first; True if stopping."""
-        await _first_of([self._stopping], None, awaitable)
-        return self._stopping.is_set()
-
-
-async def _first_of(events: list[asyncio.Event], timeout: float | None,
-                    also: Awaitable[None] | None = None) -> None:
-    """Wait until any event is set, `also` completes, or `timeout` passes."""
-    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(event.wait()) for event in events]
-    if also is not None:
-        waiters.append(asyncio.ensure_future(also))
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*waiters, return_exceptions=True)
+    async def _resume_check(self, stream: StreamState) -> None:
+        symbol, channel = stream.key
+        try:
+            latest = await self._rest.latest_trade_id(symbol, channel)
+        except StreamError as exc:
+            logger.warning("%s: cannot ask the exchange for its newest trade (%s); the next live trade shows "
+                           "what is missing", stream_name(symbol, channel), exc)
+            return
+        resumed = stream.sequencer.last_id
+        if latest is None or resumed is None or self.streams.get(stream.key) is not stream:
+            return
+        if latest < resumed and stream.trades == 0:
+            # Ids never go back on one exchange: the stored data came from another one (testnet against
+            # mainnet, a fake exchange). Every live trade would look like one going back; start from the
+            # live stream instead, and say so loudly.
+            logger.error("%s: resume point %d is ahead of the exchange's newest trade %d; the stored trades "
+                         "come from another exchange. Starting from the live stream.", stream_name(symbol, channel),
+                         resumed, latest)
+            stream.sequencer.reset("resume point ahead of the exchange")
+            stream.resume_rejected = True
+        else:
+            stream.sequencer.catch_up(latest)
+        self._after(stream)

@@ -53,6 +53,7 @@ class ConnectionSettings:
     control_rate: float = 3.0
     max_frame_bytes: int = 4 << 20
     max_queue: int = 4096
+    micros: bool = False  # timeUnit=MICROSECOND: event and trade times in microseconds
 
 
 class EventSink(Protocol):
@@ -88,6 +89,8 @@ class Connection:
         self.settings = settings
         self.streams = list(streams)
         self.url = combined_stream_url(settings.ws_url, self.streams)
+        if settings.micros:
+            self.url += "&timeUnit=MICROSECOND"
         self._sink = sink
         self._clock = clock
         self._spawn = spawn

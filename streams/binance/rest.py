@@ -69,11 +69,14 @@ class BinanceRest:
         retries: int = 5,
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
+        micros: bool = False,
         sleep: Sleep = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        # X-MBX-TIME-UNIT: MICROSECOND makes REST times match the streams' (and the archive's) microseconds.
+        headers = {"X-MBX-TIME-UNIT": "MICROSECOND"} if micros else {}
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers)
         self._weight_cap = int(weight_limit * weight_budget)
         self._max_wait = max_wait
         self._retries = retries
@@ -136,8 +139,15 @@ class BinanceRest:
         return [trade_from_rest(symbol, channel, row) for row in rows]
 
     async def latest_trade_id(self, symbol: str, channel: str) -> int | None:
-        page = await self.trades_page(symbol, channel, None, limit=1)
-        return page[-1].trade_id if page else None
+        """The newest trade id (channel trade) or aggregate id (aggTrade), from the newest aggregate trade:
+        aggTrades weighs 4 where historicalTrades weighs 25 (1,500 streams resuming at once)."""
+        rows = await self._get("/api/v3/aggTrades", {"symbol": symbol, "limit": 1})
+        if not isinstance(rows, list):
+            raise ParseError(f"/api/v3/aggTrades answered a {type(rows).__name__}, not a list")
+        if not rows:
+            return None
+        newest = trade_from_rest(symbol, AGG_TRADE, rows[-1])
+        return newest.last_trade_id if channel == TRADE else newest.trade_id
 
     async def pages(self, symbol: str, channel: str, gap: Gap) -> AsyncIterator[list[Trade]]:
         """The trades of `gap`, page by page, in id order; stops early if the exchange has no more."""

@@ -55,6 +55,7 @@ class Sequencer:
     _gap: Gap | None = None       # being fetched (or to be fetched): last_id+1 .. its last
     _catch_up_to: int | None = None  # a known newest id to reach without a live trade (a quiet resume)
     _losses: list[tuple[Gap, str]] = field(default_factory=list)
+    _went_back: list[tuple[int, int]] = field(default_factory=list)
     _overlap: bool = False  # just switched: the new primary may deliver what the old one did
 
     # --- what comes in ---------------------------------------------------------------------------
@@ -169,6 +170,8 @@ class Sequencer:
             if self._overlap:
                 self.counters.duplicates += 1
             else:
+                if not self.regressions or self.regressions[-1].trade_id + 1 != trade.trade_id:
+                    self._went_back.append((trade.trade_id, last))
                 self.counters.ids_back += 1
                 self.regressions.append(trade)
         else:
@@ -239,6 +242,11 @@ class Sequencer:
         self.unhealed.append(gap)
         self._losses.append((gap, why))
         self.last_id = gap.last
+
+    def went_back(self) -> list[tuple[int, int]]:
+        """(id, last id) of each run of ids that went back since the last call (for the driver to log)."""
+        out, self._went_back = self._went_back, []
+        return out
 
     def losses(self) -> list[tuple[Gap, str]]:
         """Gaps given up since the last call, and why (for the driver to log)."""
