@@ -18,14 +18,12 @@ from asgiref.sync import sync_to_async
 
 from streams.binance.client import ClientConfig, StreamClient
 from streams.binance.protocol import Trade
-from streams.binance.waiting import STOPPED, Stopped, unless_stopped
 from streams.broadcast import ALL_TRADES_GROUP, Broadcaster
+from streams.runner import Runner
 from streams.storage import last_stored_ids
 from streams.writer import TradeWriter
 
 logger = logging.getLogger(__name__)
-
-_TAKE = 5_000  # trades taken from the client at a time
 
 
 @dataclass
@@ -91,13 +89,12 @@ async def collect_to_database(
         writer.start(spawn)
         broadcaster.start(spawn)
         reporter = group.create_task(_report(snapshot, on_progress, progress_every), name="progress")
+        runner = Runner(client, writer, on_batch=lambda batch: _received(progress, batch))
         try:
             async with client:
-                await _pump(client, writer, progress, limit, stop)
+                await runner.pump(stop, limit)
             if limit is None:  # already read from the socket: handed on too, nothing read is dropped
-                leftover = client.take_ready(10**9)
-                writer.put_now(leftover)
-                progress.received += len(leftover)
+                progress.received += runner.keep_what_was_read()
         finally:
             reporter.cancel()
             progress.unwritten = await writer.close(timeout=close_timeout)
@@ -105,18 +102,9 @@ async def collect_to_database(
     return snapshot()
 
 
-async def _pump(client: StreamClient, writer: TradeWriter, progress: Progress, limit: int | None,
-                stop: asyncio.Event) -> None:
-    while limit is None or progress.received < limit:
-        want = _TAKE if limit is None else min(_TAKE, limit - progress.received)
-        batch = await unless_stopped(client.next_batch(want), stop)
-        if isinstance(batch, Stopped) or not batch:
-            return
-        progress.received += len(batch)
-        progress.last_price = batch[-1].price_text
-        if await unless_stopped(writer.put_many(batch), stop) is STOPPED:
-            writer.put_now(batch)  # stopping: past the bound; close() writes them or says so
-            return
+def _received(progress: Progress, batch: list[Trade]) -> None:
+    progress.received += len(batch)
+    progress.last_price = batch[-1].price_text
 
 
 async def _report(snapshot: Callable[[], Progress], on_progress: Callable[[Progress], None] | None,

@@ -23,4 +23,5 @@ def client_config(streams: Iterable[tuple[str, str]]) -> ClientConfig:
         rotate_after=settings.BINANCE_ROTATE_AFTER,
         backfill_max_trades=settings.BINANCE_BACKFILL_MAX_TRADES,
         queue_size=settings.BINANCE_QUEUE_SIZE,
+        streams_per_connection=settings.BINANCE_STREAMS_PER_CONNECTION,
     )

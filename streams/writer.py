@@ -102,6 +102,10 @@ class TradeWriter:
         self._pending.extend(trades)
         self._arrived.set()
 
+    # The runner's Sink (streams.runner): write with backpressure, keep past the bound when stopping.
+    write = put_many
+    keep = put_now
+
     async def close(self, timeout: float | None = None) -> int:
         """Write everything pending (retrying as usual, up to `timeout` seconds); the trades left unwritten."""
         self._closing = True

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
@@ -48,16 +48,18 @@ DEFAULT_CHUNK: Final = 1000                        # trades per entry
 FLUSH_LOCK_TTL: Final = 10.0
 _MAX_READ_COUNT: Final = 1000  # entries per XREADGROUP/XAUTOCLAIM call
 
-# KEYS: stream, counter, last-id key of the appending stream task. ARGV: bound, total trades, last trade
-# id, then (count, payload) per entry. Check and add in one step, so concurrent appenders overshoot the
-# bound by at most one call each; the last id handed on moves with the entries, never without them.
+# KEYS: stream, counter, then the last-id key of each stream in the batch. ARGV: bound, total trades, then
+# the last id of each of those streams, then (count, payload) per entry. Check and add in one step, so
+# concurrent appenders overshoot the bound by at most one call each; the last id handed on of each stream
+# moves with its entries, never without them.
 _APPEND_LUA = """
 local held = tonumber(redis.call('GET', KEYS[2]) or '0')
 if held >= tonumber(ARGV[1]) then return -1 end
-for i = 4, #ARGV, 2 do redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 't', ARGV[i + 1]) end
+local ids = #KEYS - 2
+for i = 1, ids do redis.call('SET', KEYS[i + 2], ARGV[i + 2]) end
+for i = ids + 3, #ARGV, 2 do redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 't', ARGV[i + 1]) end
 redis.call('INCRBY', KEYS[2], ARGV[2])
-if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
-return (#ARGV - 3) / 2
+return (#ARGV - ids - 2) / 2
 """
 # KEYS: stream. ARGV: group, consumer, start ("0" or ">"), trades wanted, most entries. XREADGROUP
 # without BLOCK is allowed in a script; an entry deleted while pending comes back with no fields.
@@ -147,20 +149,20 @@ def _entry_fields(trades: Sequence[Trade], chunk: int) -> Iterator[tuple[int, by
 # --- Producing (asyncio: the stream tasks) ------------------------------------------------------------
 
 async def append_trades(r: redis.asyncio.Redis, trades: Sequence[Trade], *, chunk: int = DEFAULT_CHUNK,
-                        last_id_key: str | None = None) -> int:
+                        last_ids: Mapping[str, int] | None = None) -> int:
     """Append `trades` as entries of at most `chunk` trades, all or none; returns the entries added.
-    With `last_id_key`, the last trade's id is written there in the same step (the resume point).
+    `last_ids` (key: id, the resume point of each stream in the batch) are written in the same step.
 
     Raises BufferFull (adding nothing) when the buffer already holds COLLECTOR_BUFFER_MAX_TRADES trades:
     the caller holds back and the REST backfill fills the hole later (promise 5). No MAXLEN trimming.
     """
     if not trades:
         return 0
-    last_id = trades[-1].trade_id if last_id_key else ""
-    args: list[int | bytes | str] = [settings.COLLECTOR_BUFFER_MAX_TRADES, len(trades), last_id]
+    last_ids = dict(last_ids or {})
+    args: list[int | bytes | str] = [settings.COLLECTOR_BUFFER_MAX_TRADES, len(trades), *last_ids.values()]
     for count, payload in _entry_fields(trades, max(1, chunk)):
         args += [count, payload]
-    keys = [BUFFER_STREAM, BUFFER_TRADES, last_id_key or f"{BUFFER_STREAM}:unused"]
+    keys = [BUFFER_STREAM, BUFFER_TRADES, *last_ids]
     added = int(await r.register_script(_APPEND_LUA)(keys=keys, args=args))
     if added < 0:
         raise BufferFull(f"hand-off buffer holds {settings.COLLECTOR_BUFFER_MAX_TRADES} trades or more; "

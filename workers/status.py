@@ -126,6 +126,11 @@ async def write_status(client: redis.asyncio.Redis, sid: str, status: StreamStat
     await client.eval(_WRITE_LUA, 1, status_key(sid), int(ttl * 1000), *encode(status))
 
 
+def queue_status(pipe: Any, sid: str, status: StreamStatus, ttl: float) -> None:
+    """`write_status` queued in a pipeline (the runtime writes every stream's status in one round trip)."""
+    pipe.eval(_WRITE_LUA, 1, status_key(sid), int(ttl * 1000), *encode(status))
+
+
 def write_status_now(client: redis.Redis, sid: str, status: StreamStatus, ttl: float) -> None:
     """`write_status` for synchronous code (tests, tools)."""
     client.eval(_WRITE_LUA, 1, status_key(sid), int(ttl * 1000), *encode(status))

@@ -5,9 +5,11 @@ Acks, pools and limits (see the README's "Processes"):
   time limit: a late-acked task running past Redis's visibility_timeout is delivered again (celery#5935).
   If its worker dies, the lease expires and the supervisor starts a new task: that, not redelivery, is
   the recovery path.
+- The task's thread only hands its stream to the process's runtime (workers.runtime: one event loop, shared
+  connections, batched hand-off and heartbeats) and waits for it to end.
 - Stopping is cooperative: a stop flag in Redis or a lost lease, checked by the heartbeat; the worker's
-  shutdown signal wakes every stream's loop at once (SHUTDOWN). revoke(terminate=True) does nothing on
-  the threads pool.
+  shutdown signal stops every stream of the runtime at once (SHUTDOWN). revoke(terminate=True) does
+  nothing on the threads pool.
 - Retries: the periodic tasks (flush, supervise, audit) are retried by their schedule, not by Celery: a
   Celery retry would only pile up behind the next tick. A transient error (streams.failures) is logged
   once per outage and counted; anything else fails the task loudly (Celery logs it with the traceback).
@@ -31,7 +33,7 @@ from streams.failures import describe, is_transient
 from workers import supervisor
 from workers.keys import BEAT_SEEN, PERIODIC_ERRORS, parse_stream_id, stream_id
 from workers.redis import sync_redis
-from workers.streaming import ShutdownSignal
+from workers.runtime import ShutdownSignal
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +56,8 @@ def _on_worker_shutdown(**_: Any) -> None:
 def run_stream(self: Task, symbol: str, channel: str) -> str:
     """The long-running task of one symbol stream; returns why it ended."""
     from workers.events import task_events
+    from workers.runtime import runtime
     from workers.status import StreamStatus
-    from workers.streaming import run_in_new_loop, run_stream_until_stopped
 
     hostname = self.request.hostname or socket.gethostname()
     task_id = self.request.id
@@ -65,11 +67,10 @@ def run_stream(self: Task, symbol: str, channel: str) -> str:
         # Task events are what Flower shows live; sent from a thread of their own, never from the loop.
         events.offer(task_id, hostname, status.as_dict())
 
-    # Every line of the stream carries its id: the loop's main task copies this context, and every task
-    # created from there inherits it (the pool thread does not keep it: it is reset on exit).
+    # The process's runtime hosts the stream (one event loop, shared connections); this thread waits.
     with stream_context(stream_id(symbol, channel)):
-        outcome = run_in_new_loop(run_stream_until_stopped(
-            symbol, channel, owner=f"{hostname}:{os.getpid()}:{task_id}", shutdown=SHUTDOWN, on_status=publish))
+        outcome = runtime().run_stream(symbol, channel, owner=f"{hostname}:{os.getpid()}:{task_id}",
+                                       publish=publish)
     return outcome.reason
 
 
@@ -147,3 +148,15 @@ def audit_gaps() -> dict[str, int]:
     from workers.audit import audit_enabled_streams
 
     return _periodic("audit", audit_enabled_streams, {})
+
+
+@shared_task(name="workers.tasks.maintain_partitions", ignore_result=True)
+def maintain_partitions() -> dict[str, list[str]]:
+    """Trades partitions (PostgreSQL): make the coming months', drop those past COLLECTOR_RETENTION_DAYS."""
+    from streams.partitions import maintain
+
+    def work() -> dict[str, list[str]]:
+        done = maintain()
+        return {"created": done.created, "dropped": done.dropped}
+
+    return _periodic("partitions", work, {})

@@ -389,6 +389,19 @@ class StreamClient:
             self._room.set()
         return batch
 
+    def take_stream(self, key: StreamKey) -> list[Trade]:
+        """The ready trades of one stream (before it is removed: what was read is handed on)."""
+        stream = self.streams.get(key)
+        if stream is None:
+            return []
+        taken = stream.sequencer.take()
+        self._ready_count -= stream.counted_ready
+        stream.counted_ready = 0
+        self._ready_streams.pop(key, None)
+        if self._ready_count < self.config.queue_size:
+            self._room.set()
+        return taken
+
     @property
     def backlogged(self) -> bool:
         return self._ready_count >= self.config.queue_size

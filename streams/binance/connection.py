@@ -102,6 +102,7 @@ class Connection:
         self.probes = 0
         self.opened_at = 0.0
         self.opened_wall = 0.0
+        self.last_frame_at = 0.0  # the client's clock: any frame, a probe's answer included
         self.end_reason: BaseException | None = None
         self.ended = asyncio.Event()
 
@@ -126,6 +127,7 @@ class Connection:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise ConnectionLost(f"cannot connect to {self.url}: {type(exc).__name__}: {exc}") from exc
         self.opened_at, self.opened_wall = self._clock(), time.time()
+        self.last_frame_at = self.opened_at
 
     def start(self) -> None:
         """Start reading (frames wait in the socket's queue until then): the owner calls it once it knows
@@ -199,6 +201,7 @@ class Connection:
             while True:
                 frame = await ws.recv()
                 self.frames += 1
+                self.last_frame_at = self._clock()
                 try:
                     event: Event = parse_frame(frame, time.time_ns() // 1000)
                 except ParseError as exc:

@@ -212,6 +212,12 @@ class ConnectionSlot:
             self.state = "connected"
             primary = self.primary
             assert primary is not None
+            if not self.keys:  # every stream was removed: the connection is not needed any more
+                logger.info("slot %d: no streams left; closing its connection", self.index)
+                await primary.close(1000, "no streams")
+                self._retire(primary)
+                self.primary = None
+                return
             await self._sync_subscriptions(primary)
             due = max(0.0, self._rotate_after - primary.age())
             await _first_of([primary.ended, self._rotate_now, self._stopping, self._changed], due)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any
 
@@ -18,8 +17,8 @@ from workers.buffer import buffer_stats, flush_all
 from workers.keys import stream_id
 from workers.models import AuditMark
 from workers.redis import sync_redis
+from workers.runtime import Runtime, ShutdownSignal
 from workers.status import read_status
-from workers.streaming import ShutdownSignal, run_stream_until_stopped
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -72,8 +71,8 @@ def test_a_full_buffer_holds_the_stream_says_so_and_loses_nothing(fast_settings:
     sid = stream_id("BTCUSDT", TRADE)
     with running_exchange(symbols={"BTCUSDT": 150.0}, seed=72) as ex:
         fast_settings.BINANCE_WS_URL, fast_settings.BINANCE_REST_URL = ex.ws_url, ex.rest_url
-        runner = threading.Thread(target=lambda: asyncio.run(
-            run_stream_until_stopped("BTCUSDT", TRADE, owner="test:1", shutdown=shutdown)), daemon=True)
+        runtime = Runtime(shutdown)
+        runner = threading.Thread(target=lambda: runtime.run_stream("BTCUSDT", TRADE, owner="test:1"), daemon=True)
         runner.start()
         try:
             # Nobody flushes: the buffer fills to its bound, and the status shows the alarm.
@@ -86,6 +85,7 @@ def test_a_full_buffer_holds_the_stream_says_so_and_loses_nothing(fast_settings:
         finally:
             shutdown.set()
             runner.join(timeout=30)
+            runtime.close()
         flush_all(sync_redis(), "test")
         record = {t.trade_id: t for t in ex.record("BTCUSDT")}
     ids = list(PriceUpdate.objects.order_by("trade_id").values_list("trade_id", flat=True))

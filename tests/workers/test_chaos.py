@@ -24,7 +24,8 @@ from workers.registry import disable_stream, enable_stream
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 SYMBOLS = {"BTCUSDT": 90.0, "ETHUSDT": 80.0, "BNBUSDT": 70.0, "SOLUSDT": 60.0}  # 300 trades/s in all
-FAULTS = FaultRates(drop=0.04, stall=0.02, garbage=0.5, shutdown=0.01)
+# Per connection: the four streams share two connections (two each), so the rates are per pair.
+FAULTS = FaultRates(drop=0.08, stall=0.04, garbage=1.0, shutdown=0.02, replay=0.02)
 
 
 def test_a_minute_of_chaos_leaves_the_database_equal_to_the_record(fast_settings: Any, clean_redis: None) -> None:
@@ -36,12 +37,12 @@ def test_a_minute_of_chaos_leaves_the_database_equal_to_the_record(fast_settings
             enable_stream(symbol, TRADE)
         with Beat():
             # Rotation before the 15 s lifetime on one worker; drops, stalls, garbage, shutdown notices throughout.
-            with celery_worker(ex, "first", BINANCE_ROTATE_AFTER="12") as first:
+            with celery_worker(ex, "first", BINANCE_ROTATE_AFTER="12", BINANCE_STREAMS_PER_CONNECTION="2") as first:
                 wait_for(lambda: all(len(stored_ids(s)) >= 50 for s in SYMBOLS), timeout=60)
                 clock.wait(seconds / 2)
                 first.send_signal(signal.SIGTERM)  # the worker restart
                 first.wait(timeout=30)
-            with celery_worker(ex, "second", BINANCE_ROTATE_AFTER="12"):
+            with celery_worker(ex, "second", BINANCE_ROTATE_AFTER="12", BINANCE_STREAMS_PER_CONNECTION="2"):
                 clock.wait(seconds / 2)
                 for symbol in SYMBOLS:
                     disable_stream(symbol, TRADE)

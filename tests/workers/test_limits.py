@@ -28,6 +28,7 @@ def test_many_streams_starting_at_once_stay_within_the_connection_budget(
         fast_settings: Any, celery_worker_threads: Any) -> None:
     fast_settings.COLLECTOR_CONNECTION_BUDGET = 3
     fast_settings.COLLECTOR_CONNECTION_WINDOW = 60.0
+    fast_settings.BINANCE_STREAMS_PER_CONNECTION = 1  # a connection each: the budget is what holds them back
     with running_exchange(symbols=dict.fromkeys(SYMBOLS, 5.0), seed=51) as ex:
         fast_settings.BINANCE_WS_URL, fast_settings.BINANCE_REST_URL = ex.ws_url, ex.rest_url
         for symbol in SYMBOLS:

@@ -205,7 +205,7 @@ def test_sigterm_with_many_streams_and_an_exchange_gone_silent_ends_the_worker_i
             with Beat(), celery_worker(ex, "worker", queues="celery", **env), \
                     celery_worker(ex, "streams", queues="streams", concurrency=48, log=tmp_path / "streams.log",
                                   **env) as streams:
-                wait_for(lambda: ex.active_connections() == len(symbols), timeout=90)
+                wait_for(lambda: all(ex.active_connections(f"{s.lower()}@trade") == 1 for s in symbols), timeout=90)
                 wait_for(lambda: all(len(stored_ids(s)) >= 4 for s in symbols), timeout=90)
                 ws.freeze()  # the exchange goes away without a word: nothing answers, nothing closes
                 rest.freeze()
