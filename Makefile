@@ -8,6 +8,7 @@ PYTHON ?= $(shell for p in /usr/bin/python3.11 python3.11 python3; do command -v
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHART := streams/static/streams/vendor/lightweight-charts.standalone.production.js
 # What `check` looks for: --demo for make demo, --tests for make test.
 PROFILE :=
 # More options for project.launcher.run and its checks (the tests give another Procfile and env file).
@@ -19,7 +20,7 @@ PYTHON_311 = v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2]
 	[ "$$v" = 3.11 ] || { echo "Python: Python 3.11 is needed (found $${v:-none} at $(or $(PYTHON),nothing on PATH)):" \
 	"sudo apt-get install python3.11 python3.11-venv" >&2; exit 1; }
 
-.PHONY: check setup run demo manage test lint typecheck benchmark fake-exchange clean
+.PHONY: check setup run demo manage test lint typecheck monitoring-check benchmark fake-exchange clean
 
 # Before anything starts or installs: one line per missing part (Python, venv, Redis, the database, Flower's
 # login), with the command that installs or starts it. Runs on the system Python, before .venv exists.
@@ -36,11 +37,11 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 
 # The service: a private Redis if the local one is not running, migrations, then every process of the
 # Procfile, restarted when one dies (project/launcher/procs.py); Ctrl-C stops them all.
-run: check $(STAMP)
+run: check $(STAMP) $(CHART)
 	$(BIN)/python -m project.launcher.run $(RUN_ARGS)
 
 demo: PROFILE := --demo
-demo: check $(STAMP)
+demo: check $(STAMP) $(CHART)
 	$(BIN)/python -m project.launcher.run --demo $(RUN_ARGS)
 
 # manage.py with the environment `make run` gives its processes: make manage ARGS=createsuperuser
@@ -48,7 +49,16 @@ demo: check $(STAMP)
 manage: $(STAMP)
 	$(MANAGE) $(ARGS)
 
-setup: $(STAMP)
+# The live page's chart library (TradingView's lightweight-charts, pinned by streams/package-lock.json): npm ci,
+# then its standalone build copied into the static files; nothing is loaded from the internet at run time.
+$(CHART): streams/package.json streams/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm: not found (the live page's chart is built with it):" \
+		"sudo apt-get install nodejs npm" >&2; exit 1; }
+	cd streams && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(@D)
+	cp streams/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js $@
+
+setup: $(STAMP) $(CHART)
 	$(MANAGE) migrate --noinput
 	$(MANAGE) collectstatic --noinput --verbosity 0
 
@@ -56,10 +66,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy streams/binance streams/fake project/launcher
+	$(BIN)/mypy streams/binance streams/fake streams/archive.py streams/livewire.py project/launcher
+
+# The Prometheus alert rules (workers/monitoring/): their syntax, and their unit tests (alerts.test.yml). What
+# /metrics renders goes through `promtool check metrics` in tests/workers/test_metrics.py.
+monitoring-check:
+	@command -v promtool >/dev/null 2>&1 || { echo "promtool: not found (Debian's prometheus package has it):" \
+		"sudo apt-get install --no-install-recommends prometheus" >&2; exit 1; }
+	promtool check rules workers/monitoring/alerts.yml
+	promtool test rules workers/monitoring/alerts.test.yml
 
 test: PROFILE := --tests
-test: check $(STAMP) lint typecheck
+test: check $(STAMP) $(CHART) lint typecheck monitoring-check
 	$(BIN)/pytest --ds=tests.settings
 
 benchmark: setup
@@ -69,4 +87,4 @@ fake-exchange: setup
 	$(MANAGE) fake_exchange --ws-port 9443 --rest-port 9444 --symbols btcusdt:50,ethusdt:20
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache streams/node_modules $(CHART)

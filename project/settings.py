@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from project.env import env_bool, env_float, env_int, env_list, env_str
+from project.env import (
+    env_bool,
+    env_float,
+    env_header,
+    env_int,
+    env_list,
+    env_origins,
+    env_secret,
+    env_str,
+    env_url,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
 _DEV_SECRET = "dev-only-insecure-secret-key-do-not-use-in-production"  # noqa: S105 (DEBUG only)
-SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET if DEBUG else "")
+# With DEBUG off, a short, repetitive or placeholder key (SECRET_KEY=change-me) stops start-up (issue 11).
+SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET) if DEBUG else env_secret("SECRET_KEY", "")
 if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (set DEBUG=1 for development)")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
@@ -78,7 +90,51 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True  # serve from the apps' static folders too, without collectstatic in development
 LIVE_PAGE_TRADES = env_int("LIVE_PAGE_TRADES", 200, minimum=1)  # latest trades the live page opens with
+# The live feed (streams/livehub.py, README "The live page at scale"): one channel-layer member per web process
+# fans the trades out to its pages.
+LIVE_MAX_CONNECTIONS = env_int("LIVE_MAX_CONNECTIONS", 2500, minimum=1)  # pages per web process; more: 1013
+LIVE_MAX_FRAME = env_int("LIVE_MAX_FRAME", 4096, minimum=125)  # bytes a page may send in a frame (also uvicorn's)
+LIVE_SEND_QUEUE = env_int("LIVE_SEND_QUEUE", 50, minimum=2)  # frames a page may lag behind before it is dropped
+LIVE_FLUSH_INTERVAL = env_float("LIVE_FLUSH_INTERVAL", 0.1, minimum=0.0)  # s: trades coalesced per page frame
+LIVE_STATE_INTERVAL = env_float("LIVE_STATE_INTERVAL", 2.0, minimum=0.1)  # s: state push, the pages' heartbeat
+LIVE_GROUP_EXPIRY = env_int("LIVE_GROUP_EXPIRY", 300, minimum=3)  # s: a process's membership unless renewed
+LIVE_LAYER_CAPACITY = env_int("LIVE_LAYER_CAPACITY", 1000, minimum=100)  # messages waiting per layer channel
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Security (issue 11; README "Security"): production differs from development only by its environment --
+# Behind a TLS proxy: the header it sets to "https" (X-Forwarded-Proto), so that Django knows the request
+# was secure (CSRF's origin check, the HTTPS redirect). Set it only when clients cannot reach web directly.
+SECURE_PROXY_SSL_HEADER = env_header("SECURE_PROXY_SSL_HEADER")
+# Origins allowed to post besides the request's own (https://collector.example.com when the proxy rewrites Host).
+CSRF_TRUSTED_ORIGINS = env_origins("CSRF_TRUSTED_ORIGINS")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP; it tells nothing secret
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# Login throttle (django-axes): after LOGIN_FAILURE_LIMIT failures of one username from one address, that
+# pair is refused (429) for LOGIN_COOLOFF seconds, whatever the password. The pair, not the address alone:
+# behind a proxy every client may share one address. The attempts live in the database (axes' tables).
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as axes asks
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_float("LOGIN_COOLOFF", 900.0, minimum=1.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no "AXES: BEGIN" line from every process; failures and lockouts are still logged
+# Internal pages (project/access.py): /status/, /api/streams/ and /metrics need a staff login or
+# `Authorization: Bearer $METRICS_TOKEN`; STATUS_PUBLIC=1 opens /status/ and /api/streams/ (a trusted network).
+METRICS_TOKEN = env_secret("METRICS_TOKEN", "", min_length=32)
+STATUS_PUBLIC = env_bool("STATUS_PUBLIC", False)
 
 # --- Redis: Celery broker, channel layer, hand-off buffer, leases -------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -110,13 +166,18 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py 8's 5 s default socket timeout breaks the layer's blocking reads (channels_redis#422).
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                   # Members are web processes that renew their membership every third of this (issue 11):
+                   # a process that died is forgotten within it, not after channels-redis's 24 h.
+                   "group_expiry": LIVE_GROUP_EXPIRY, "capacity": LIVE_LAYER_CAPACITY},
     }
 }
 
 # --- Binance endpoints (point them at the fake exchange offline) --------------------------------------
-BINANCE_WS_URL = env_str("BINANCE_WS_URL", "wss://stream.binance.com:9443")
-BINANCE_REST_URL = env_str("BINANCE_REST_URL", "https://api.binance.com")
+BINANCE_WS_URL = env_url("BINANCE_WS_URL", "wss://stream.binance.com:9443", ("ws", "wss"))
+BINANCE_REST_URL = env_url("BINANCE_REST_URL", "https://api.binance.com", ("http", "https"))
+# Binance's public trade archive (import_archive; the audit for old days); the fake exchange serves it too.
+BINANCE_ARCHIVE_URL = env_url("BINANCE_ARCHIVE_URL", "https://data.binance.vision", ("http", "https"))
 
 # --- Stream client tunables (documented in the README) ------------------------------------------------
 BINANCE_BACKOFF_BASE = env_float("BINANCE_BACKOFF_BASE", 1.0, minimum=0.0)
@@ -127,6 +188,12 @@ BINANCE_PROBE_TIMEOUT = env_float("BINANCE_PROBE_TIMEOUT", 5.0, minimum=0.1)
 BINANCE_ROTATE_AFTER = env_float("BINANCE_ROTATE_AFTER", 23.5 * 3600, minimum=1.0)
 BINANCE_BACKFILL_MAX_TRADES = env_int("BINANCE_BACKFILL_MAX_TRADES", 100_000, minimum=0)
 BINANCE_QUEUE_SIZE = env_int("BINANCE_QUEUE_SIZE", 10_000, minimum=1)
+# Streams sharing one combined connection (the exchange allows 1024). 200 keeps the connect URL short
+# (~3.5 KB), a dropped connection's backfill burst bounded, and 1,500 symbols on 8 connections.
+BINANCE_STREAMS_PER_CONNECTION = env_int("BINANCE_STREAMS_PER_CONNECTION", 200, minimum=1)
+if BINANCE_STREAMS_PER_CONNECTION > 1024:
+    raise ImproperlyConfigured(f"BINANCE_STREAMS_PER_CONNECTION={BINANCE_STREAMS_PER_CONNECTION} is above the "
+                               "exchange's 1024 streams per connection")
 
 # --- Celery-supervised collection (workers/) ----------------------------------------------------------
 # The hand-off buffer: a Redis Stream read by the flush task through a consumer group.
@@ -147,6 +214,10 @@ COLLECTOR_AUDIT_SCAN = env_int("COLLECTOR_AUDIT_SCAN", 1_000_000, minimum=1000)
 # Connection attempts of all stream tasks together (the exchange allows 300 per 5 minutes per IP).
 COLLECTOR_CONNECTION_BUDGET = env_int("COLLECTOR_CONNECTION_BUDGET", 250, minimum=1)
 COLLECTOR_CONNECTION_WINDOW = env_float("COLLECTOR_CONNECTION_WINDOW", 300.0, minimum=1.0)
+# Trades partitions (PostgreSQL, streams/partitions.py; the hourly `maintain partitions` task): whole months
+# dropped once they ended more than this many days ago (0: keep everything), and months made ahead.
+COLLECTOR_RETENTION_DAYS = env_int("COLLECTOR_RETENTION_DAYS", 0, minimum=0)
+COLLECTOR_PARTITIONS_AHEAD = env_int("COLLECTOR_PARTITIONS_AHEAD", 2, minimum=1)
 
 # --- Logs (README "Logs"): one line per record on stderr, the stream id on every line of a stream ------
 # Celery's worker and beat apply this too (project/celery.py), so LOG_LEVEL is the one knob: celery -l is

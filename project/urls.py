@@ -3,14 +3,16 @@
 from django.contrib import admin
 from django.urls import path
 
+from project.access import internal
 from streams import views as pages
 from workers import views
 
 urlpatterns = [
     path("", pages.live, name="live"),
-    path("status/", pages.status, name="status"),
+    path("status/", internal(html=True, public_setting="STATUS_PUBLIC")(pages.status), name="status"),
     path("admin/", admin.site.urls),
     path("api/streams/", views.streams_api, name="streams-api"),
+    path("api/coverage/", views.coverage_api, name="coverage-api"),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", views.metrics, name="metrics"),
 ]

@@ -1,7 +1,8 @@
 """`python -m streams.standalone [symbol] [channel] [limit]`: print trades as JSON lines, without Django.
 
-Honours BINANCE_WS_URL and BINANCE_REST_URL. A bad argument or an unknown symbol gets a one-line error
-on stderr and exit code 2; trades go to stdout, one JSON object per line, with the seed's field names.
+Honours BINANCE_WS_URL and BINANCE_REST_URL. A bad argument, a bad URL or an unknown symbol gets a
+one-line error on stderr naming the value, and exit code 2; trades go to stdout, one JSON object per
+line, with the seed's field names.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
 from streams.binance.protocol import normalize_channel, normalize_symbol
 from streams.binance.rest import BinanceRest
 from streams.binance.waiting import Stopped, unless_stopped
+from streams.inputs import HTTP_SCHEMES, WS_SCHEMES, endpoint_url, seconds, whole_number
 
 logger = logging.getLogger("streams.standalone")
 
@@ -38,7 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("symbol", nargs="?", default="btcusdt", help="symbol, e.g. btcusdt (default)")
     parser.add_argument("channel", nargs="?", default="trade", help="trade (default) or aggTrade")
     parser.add_argument("limit", nargs="?", default="10", help="trades to print, 0 for no limit (default 10)")
-    parser.add_argument("--wait-for-exchange", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--wait-for-exchange", default="0", metavar="SECONDS",
                         help="keep trying to reach the exchange this long before giving up")
     args = parser.parse_args(argv)
     try:
@@ -46,15 +48,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.channel = normalize_channel(args.channel)
     except InvalidStreamName as exc:
         raise UsageError(str(exc)) from None
-    if not args.limit.isdigit():
+    try:
+        limit = whole_number(args.limit)
+    except ValueError:
+        limit = -1
+    if limit < 0:
         raise UsageError(f"invalid limit {args.limit!r}: expected a whole number >= 0")
-    args.limit = int(args.limit)
+    args.limit = limit
+    try:
+        args.wait_for_exchange = seconds(args.wait_for_exchange)
+    except ValueError as exc:
+        raise UsageError(f"invalid --wait-for-exchange: {exc}") from None
     return args
 
 
-async def collect(args: argparse.Namespace) -> int:
-    ws_url = os.environ.get("BINANCE_WS_URL", DEFAULT_WS_URL)
-    rest_url = os.environ.get("BINANCE_REST_URL", DEFAULT_REST_URL)
+def endpoints(environ: dict[str, str]) -> tuple[str, str]:
+    """(WebSocket URL, REST URL) from BINANCE_WS_URL and BINANCE_REST_URL, checked as the settings do."""
+    try:
+        ws_url = endpoint_url(environ.get("BINANCE_WS_URL", DEFAULT_WS_URL), WS_SCHEMES)
+    except ValueError as exc:
+        raise UsageError(f"BINANCE_WS_URL: {exc}") from None
+    try:
+        rest_url = endpoint_url(environ.get("BINANCE_REST_URL", DEFAULT_REST_URL), HTTP_SCHEMES)
+    except ValueError as exc:
+        raise UsageError(f"BINANCE_REST_URL: {exc}") from None
+    return ws_url, rest_url
+
+
+async def collect(args: argparse.Namespace, ws_url: str, rest_url: str) -> int:
     async with BinanceRest(rest_url, retries=1) as rest:
         await rest.validate_symbol(args.symbol, wait=args.wait_for_exchange)
     config = ClientConfig.for_streams(ws_url, rest_url, [(args.symbol, args.channel)])
@@ -79,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
-        return asyncio.run(collect(args))
+        return asyncio.run(collect(args, *endpoints(dict(os.environ))))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

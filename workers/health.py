@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -14,6 +15,8 @@ from workers.deadletters import dead_letter_total, recent_dead_letters
 from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, last_failure_key
 from workers.redis import sync_redis
 from workers.status import StreamStatus, all_statuses, is_stale, server_time
+
+logger = logging.getLogger(__name__)
 
 
 def streams_report(dead_letters: int = 10) -> dict[str, Any]:
@@ -51,7 +54,10 @@ def _last_failure(sid: str) -> str:
 
 
 def health_problems() -> list[str]:
-    """Why the service is unhealthy; empty when Redis and the database answer and the beat runs."""
+    """Why the service is unhealthy; empty when Redis and the database answer and the beat runs.
+
+    Open to anyone (load balancers): it says what is down, never hosts, ports, users or the errors'
+    text, which go to the log (issue 11)."""
     problems = []
     beat_seen: bytes | None = None
     now = 0.0
@@ -60,12 +66,14 @@ def health_problems() -> list[str]:
         beat_seen = client.get(BEAT_SEEN)
         now = server_time(client)  # the beat's mark is on the Redis server's clock too
     except (redis.RedisError, OSError) as exc:
-        problems.append(f"redis: {type(exc).__name__}: {exc}")
+        logger.warning("healthz: redis: %s: %s", type(exc).__name__, exc)
+        problems.append("redis: down")
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except DatabaseError as exc:
-        problems.append(f"database: {type(exc).__name__}: {exc}")
+        logger.warning("healthz: database: %s: %s", type(exc).__name__, exc)
+        problems.append("database: down")
     if not problems:
         limit = max(3 * settings.COLLECTOR_SUPERVISE_INTERVAL, 30.0)
         if beat_seen is None:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
 
 from streams.binance.protocol import TRADE, Trade
@@ -33,15 +34,22 @@ def test_the_live_page_opens_with_each_enabled_symbols_latest_trades(settings: A
     response = Client().get("/")
     assert response.status_code == 200
     html = response.content.decode()
-    initial = json.loads(re.search(r'<script id="initial-trades" type="application/json">(.*?)</script>',
-                                   html, re.S).group(1))
+    config = json.loads(re.search(r'<script id="live-config" type="application/json">(.*?)</script>',
+                                  html, re.S).group(1))
+    initial = config["initial"]
+    assert config["channels"] == {"BTCUSDT": "trade", "ETHUSDT": "trade"}
+    assert config["day_open"] == {"BTCUSDT": None, "ETHUSDT": None}  # nothing stored today
     assert [t["trade_id"] for t in initial["BTCUSDT"]] == [1003, 1004, 1005, 1006, 1007]  # the latest, in order
-    assert initial["BTCUSDT"][-1] == {"ticker_symbol": "BTCUSDT", "channel": "trade", "trade_id": 1007,
-                                      "price": "107.25000000", "volume": "0.50000000", "trade_ts": 1723161255349,
-                                      "event_ts": 1723161255357, "is_market_maker": False}
+    newest = initial["BTCUSDT"][-1]
+    # Stored times come back in µs since issue 10's storage, live ones in the exchange's ms: the page takes both.
+    assert newest.pop("trade_ts") in (1723161255349, 1723161255349000)
+    assert newest.pop("event_ts") in (1723161255357, 1723161255357000)
+    assert newest == {"ticker_symbol": "BTCUSDT", "channel": "trade", "trade_id": 1007, "price": "107.25000000",
+                      "volume": "0.50000000", "is_market_maker": False}
     assert len(initial["ETHUSDT"]) == 2
     assert 'data-symbol="BTCUSDT"' in html and 'data-symbol="ETHUSDT"' in html
     assert "/static/streams/live.js" in html and "cdn" not in html.lower()
+    assert "/static/streams/vendor/lightweight-charts.standalone.production.js" in html  # served by the app
 
 
 def test_the_live_page_says_how_to_enable_a_stream_when_none_is(clean_redis: None) -> None:
@@ -64,5 +72,7 @@ def test_the_status_page_lists_the_streams_and_their_state(clean_redis: None) ->
     enable_stream("BTCUSDT", TRADE)
     sync_redis().hset(status_key("btcusdt@trade"), mapping={
         "state": "connected", "worker": "w1", "updated_at": str(time.time()), "last_frame_at": str(time.time())})
-    html = Client().get("/status/").content.decode()
+    client = Client()  # the status page is for staff (issue 11)
+    client.force_login(User.objects.create_user("ops", is_staff=True))
+    html = client.get("/status/").content.decode()
     assert "btcusdt@trade" in html and "connected" in html and "w1" in html

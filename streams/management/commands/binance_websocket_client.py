@@ -21,6 +21,7 @@ from streams.binance.supervision import TaskFailed
 from streams.collector import Progress, collect_to_database
 from streams.config import client_config
 from streams.failures import describe
+from streams.inputs import seconds, whole_number
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,21 @@ _LOG_EVERY = 10.0  # seconds between progress log lines when not on a terminal
 
 def _positive(value: str) -> int:
     try:
-        number = int(value)
+        number = whole_number(value)  # ASCII digits: int() would take "١٢" too
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
+
+
+def _seconds(option: str, text: object, *, minimum: float, inclusive: bool) -> float:
+    """A finite number of seconds, or a one-line CommandError naming the option and the value (issue 11:
+    float() takes "nan" and "inf", which would make a partial batch wait forever)."""
+    try:
+        return seconds(str(text), minimum=minimum, inclusive=inclusive)  # str(): call_command may pass a float
+    except ValueError as exc:
+        raise CommandError(f"{option}: {exc}") from None
 
 
 class Command(BaseCommand):
@@ -46,11 +56,11 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=_positive, default=None,
                             help="write this many trades at a time (also every --flush-interval); "
                                  "without it, every trade is written as it arrives")
-        parser.add_argument("--flush-interval", type=float, default=1.0,
+        parser.add_argument("--flush-interval", default="1",
                             help="seconds after which a partial batch is written (default 1)")
         parser.add_argument("--limit", type=_positive, default=None,
                             help="stop after this many trades (default: run until Ctrl-C or SIGTERM)")
-        parser.add_argument("--wait-for-exchange", type=float, default=0.0, metavar="SECONDS",
+        parser.add_argument("--wait-for-exchange", default="0", metavar="SECONDS",
                             help="keep trying to reach the exchange this long before giving up (default 0)")
         parser.add_argument("--resume", action="store_true",
                             help="start after the last trade stored for this stream, backfilling the gap")
@@ -60,8 +70,10 @@ class Command(BaseCommand):
             symbol, channel = normalize_symbol(options["symbol"]), normalize_channel(options["channel"])
         except InvalidStreamName as exc:
             raise CommandError(str(exc)) from None
-        if options["flush_interval"] <= 0:
-            raise CommandError(f"--flush-interval must be positive, got {options['flush_interval']}")
+        options["flush_interval"] = _seconds("--flush-interval", options["flush_interval"], minimum=0.0,
+                                             inclusive=False)
+        options["wait_for_exchange"] = _seconds("--wait-for-exchange", options["wait_for_exchange"], minimum=0.0,
+                                                inclusive=True)
         try:
             with stream_context(stream_name(symbol, channel)):
                 progress = asyncio.run(self._collect(symbol, channel, options))
