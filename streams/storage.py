@@ -1,58 +1,57 @@
-"""Writing trades: one idempotent statement per batch, never a read before the write.
+"""Writing trades: one idempotent statement per batch, never a read of trades before the write.
 
-PostgreSQL: COPY the batch (as text we build ourselves, from the exchange's own decimal strings) straight
-into the table; if the unique constraint refuses it (a trade of the batch was stored already, which only
-a redelivery causes), the batch goes through a temporary staging table and one INSERT ... SELECT ...
-ON CONFLICT DO NOTHING instead. Measured on this project's machine: direct COPY ~120k rows/s, staging
-+ ON CONFLICT ~55k, INSERT from unnest() arrays ~30k, multi-row INSERT ~20k. SQLite: INSERT OR IGNORE.
+PostgreSQL (the lean layout of issue 10, `streams.models.StoredTrade`): COPY the batch, as text we build
+ourselves from the exchange's own decimal strings, straight into the partitioned table `streams_trade`,
+a chunk at a time so that the server parses one while the next is formatted. If a partition's identity
+index refuses it (a trade of the batch was stored already, which only a redelivery causes), the batch
+goes through a temporary staging table and one INSERT ... SELECT ... ON CONFLICT DO NOTHING instead.
+Each process learns the instruments' ids and the months that have a partition once (kept after their
+transaction commits): a batch of a new instrument, or of a month without a partition, first makes it.
+Times are stored to the microsecond whatever unit the trade came in. Figures: README "Benchmarks".
+SQLite: INSERT OR IGNORE into the plain table.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import operator
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
-from django.db.models import Max
-from psycopg.errors import UniqueViolation
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.models import Q
+from django.db.models.signals import post_migrate
+from psycopg.errors import CheckViolation, UniqueViolation
 
+from streams import partitions
 from streams.binance.protocol import Trade, decimal_fits
 from streams.failures import Failure, classify, describe
-from streams.models import PriceUpdate
+from streams.models import Instrument, PriceUpdate, StoredTrade, trade_key
 
 logger = logging.getLogger(__name__)
 
-_TABLE = PriceUpdate._meta.db_table
-_COLUMNS = ("ticker_symbol", "channel", "trade_id", "price", "volume", "trade_time", "event_time",
-            "is_market_maker", "first_trade_id", "last_trade_id")
+_TABLE = StoredTrade._meta.db_table
+# The table's own column order (streams/migrations/0002): COPY reads the fields in this order.
+_COLUMNS = ", ".join(("trade_time", "trade_id", "first_trade_id", "last_trade_id", "event_time", "received_time",
+                      "event_after_us", "received_after_us", "instrument_id", "is_market_maker", "price", "volume"))
 _MICROSECOND_THRESHOLD = 10**14
+_DAY_MICROS = 86_400_000_000
+_KEY, _TRADE_TS = operator.itemgetter(0, 1), operator.itemgetter(5)  # (symbol, channel), trade_ts of a Trade
+_COPY_CHUNK = 1000  # rows per COPY message
 
-_STAGE_DDL = """
-CREATE TEMPORARY TABLE IF NOT EXISTS trade_stage (
-    ticker_symbol varchar(20), channel varchar(8), trade_id bigint, price numeric, volume numeric,
-    trade_us bigint, event_us bigint, is_market_maker boolean, first_trade_id bigint, last_trade_id bigint
-) ON COMMIT DELETE ROWS
-"""
-# Times arrive as integer microseconds; interval arithmetic on them is exact (below 2**53 us).
-# The table name is the model's own, not input.
-_STAGE_INSERT = f"""
-INSERT INTO {_TABLE} ({", ".join(_COLUMNS)})
-SELECT ticker_symbol, channel, trade_id, price, volume,
-       timestamptz 'epoch' + trade_us * interval '1 microsecond',
-       timestamptz 'epoch' + event_us * interval '1 microsecond',
-       is_market_maker, first_trade_id, last_trade_id
-FROM trade_stage
-ON CONFLICT (ticker_symbol, channel, trade_id) DO NOTHING
-"""
-_DIRECT_COPY = f"COPY {_TABLE} ({', '.join(_COLUMNS)}) FROM STDIN"
+_DIRECT_COPY = f"COPY {_TABLE} ({_COLUMNS}) FROM STDIN"
+_STAGE_DDL = f"CREATE TEMPORARY TABLE IF NOT EXISTS trade_stage (LIKE {_TABLE}) ON COMMIT DELETE ROWS"
+_STAGE_COPY = f"COPY trade_stage ({_COLUMNS}) FROM STDIN"
+# No conflict target: each partition's unique identity index is the arbiter (streams/partitions.py).
+_STAGE_INSERT = f"INSERT INTO {_TABLE} ({_COLUMNS}) SELECT {_COLUMNS} FROM trade_stage ON CONFLICT DO NOTHING"
 _SINGLE_INSERT = f"""
-INSERT INTO {_TABLE} ({", ".join(_COLUMNS)})
-VALUES (%s, %s, %s, %s, %s, timestamptz 'epoch' + %s * interval '1 microsecond',
-        timestamptz 'epoch' + %s * interval '1 microsecond', %s, %s, %s)
-ON CONFLICT (ticker_symbol, channel, trade_id) DO NOTHING
+INSERT INTO {_TABLE} ({_COLUMNS})
+VALUES (%s::timestamptz, %s, %s, %s, %s::timestamptz, %s::timestamptz, %s, %s, %s, %s, %s::numeric, %s::numeric)
+ON CONFLICT DO NOTHING
 """
 
 
@@ -87,8 +86,8 @@ def store_trades(trades: Sequence[Trade], using: str = DEFAULT_DB_ALIAS) -> Stor
     until the refused trades are isolated; the rest is stored and the refused ones are returned in
     `refused` for the caller to dead-letter. Transient and fatal errors propagate: nothing was stored.
     """
-    unfit = [t for t in trades if not (decimal_fits(t.price_text) and decimal_fits(t.quantity_text))]
-    if unfit:  # PostgreSQL would round these silently: refuse them here, never round (promise 1)
+    unfit = _unfit(trades)
+    if unfit:  # the column would keep them, but no exchange value has them: refuse, never round (promise 1)
         refused = tuple(Refusal(t, f"price {t.price_text} or volume {t.quantity_text} does not fit numeric(28,8)")
                         for t in unfit)
         for refusal in refused:
@@ -111,17 +110,32 @@ def store_trades(trades: Sequence[Trade], using: str = DEFAULT_DB_ALIAS) -> Stor
     return StoreResult(inserted, len(trades) - inserted)
 
 
+def _unfit(trades: Sequence[Trade]) -> list[Trade]:
+    """The trades whose price or quantity numeric(28,8) would not hold: `decimal_fits`, with its common
+    case (a point, at most 20 digits before it and 8 after) decided here first, as this runs on every trade."""
+    unfit = []
+    for trade in trades:
+        price, quantity = trade[3], trade[4]
+        point, other = price.find("."), quantity.find(".")
+        if 0 <= point <= 20 and len(price) - point <= 9 and 0 <= other <= 20 and len(quantity) - other <= 9:
+            continue
+        if not (decimal_fits(price) and decimal_fits(quantity)):
+            unfit.append(trade)
+    return unfit
+
+
 def _store(trades: Sequence[Trade], using: str) -> int:
     store = _store_postgresql if connections[using].vendor == "postgresql" else _store_orm
     return store(trades, using)
 
 
 def last_stored_ids(keys: Sequence[tuple[str, str]], using: str = DEFAULT_DB_ALIAS) -> dict[tuple[str, str], int]:
-    """The highest stored trade id per (symbol, channel), for those that have any."""
+    """The highest stored trade id per (symbol, channel), for those that have any: on PostgreSQL a walk
+    down the identity index of each partition, one row from each."""
     found = {}
     for symbol, channel in keys:
-        top = (PriceUpdate.objects.using(using).filter(ticker_symbol=symbol, channel=channel)
-               .aggregate(top=Max("trade_id"))["top"])
+        top = (PriceUpdate.objects.using(using).filter(ticker_symbol=symbol, channel=channel).order_by("-trade_id")
+               .values_list("trade_id", flat=True).first())
         if top is not None:
             found[(symbol, channel)] = top
     return found
@@ -131,23 +145,92 @@ def _micros(ts: int) -> int:
     return ts if ts >= _MICROSECOND_THRESHOLD else ts * 1000
 
 
+# --- What each process knows: instrument ids, months with a partition ----------------------------------
+
+_INSTRUMENTS: dict[str, dict[tuple[str, str], int]] = {}  # alias -> (symbol, channel) -> id
+_MONTHS: dict[str, set[partitions.Month]] = {}            # alias -> months known to have a partition
+
+
+def forget_known(**_: Any) -> None:
+    """Forget what was learnt (the tests' database flush emits post_migrate; so does `migrate`)."""
+    _INSTRUMENTS.clear()
+    _MONTHS.clear()
+
+
+post_migrate.connect(forget_known, dispatch_uid="streams.storage.forget_known")
+
+
+def instrument_ids(keys: set[tuple[str, str]], using: str = DEFAULT_DB_ALIAS) -> dict[tuple[str, str], int]:
+    """The id of each (symbol, channel), made the first time one is met (concurrent writers agree: the
+    unique constraint decides and both read the winner). Kept once the making transaction commits."""
+    known = _INSTRUMENTS.setdefault(using, {})
+    missing = keys - known.keys()
+    if not missing:
+        return known
+    with transaction.atomic(using=using):
+        objects = Instrument.objects.using(using)
+        objects.bulk_create([Instrument(symbol=s, channel=c) for s, c in sorted(missing)], ignore_conflicts=True)
+        wanted = functools.reduce(lambda q, key: q | Q(symbol=key[0], channel=key[1]), missing, Q())
+        made = {(i.symbol, i.channel): i.id for i in objects.filter(wanted)}
+    transaction.on_commit(lambda: known.update(made), using=using)
+    return {**known, **made}
+
+
+def _ensure_partitions(times: Sequence[int], using: str) -> None:
+    """Make the partitions of the months of `times` (µs) that this process does not know of yet."""
+    known = _MONTHS.setdefault(using, set())
+    first, last = partitions.Month.of_micros(min(times)), partitions.Month.of_micros(max(times))
+    if first == last:  # the common case: a batch is seconds of trades, its oldest and newest tell its month
+        months = {first}
+    else:
+        months = {partitions.Month.of_micros(day * _DAY_MICROS) for day in {us // _DAY_MICROS for us in times}}
+    if months <= known:
+        return
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        partitions.ensure(cursor, months - known)
+    transaction.on_commit(lambda: known.update(months), using=using)
+
+
+def _no_partition(exc: BaseException) -> bool:
+    """PostgreSQL's "no partition of relation ... found for row": a check violation naming the table but
+    no constraint (locale-independent)."""
+    cause = exc if isinstance(exc, CheckViolation) else exc.__cause__
+    return (isinstance(cause, CheckViolation) and cause.diag.constraint_name is None
+            and cause.diag.table_name == _TABLE)
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------
+
 def _store_postgresql(trades: Sequence[Trade], using: str) -> int:
+    try:
+        return _write_postgresql(trades, using)
+    except Exception as exc:
+        if not _no_partition(exc):
+            raise
+        # A partition this process knew of was dropped since (retention), and a trade of its month came.
+        logger.warning("trades of a month whose partition was dropped: making it again")
+        _MONTHS.pop(using, None)
+        return _write_postgresql(trades, using)
+
+
+def _write_postgresql(trades: Sequence[Trade], using: str) -> int:
     connection = connections[using]
+    ids = instrument_ids(set(map(_KEY, trades)), using)
+    times = [ts if ts >= _MICROSECOND_THRESHOLD else ts * 1000 for ts in map(_TRADE_TS, trades)]
+    _ensure_partitions(times, using)
     if len(trades) == 1:  # immediate mode: one statement, its own transaction
-        t = trades[0]
         with connection.cursor() as cursor:
-            cursor.execute(_SINGLE_INSERT, (t.symbol, t.channel, t.trade_id, t.price_text, t.quantity_text,
-                                            _micros(t.trade_ts), _micros(t.event_ts), t.is_buyer_maker,
-                                            t.first_trade_id, t.last_trade_id))
+            cursor.execute(_SINGLE_INSERT, _values(trades[0], times[0], ids))
             return int(cursor.rowcount)
     try:
-        # The fast path: COPY straight into the table. The unique constraint refuses the whole batch if
-        # any trade of it is stored already (a redelivery: rare), and the slower path below skips those.
+        # The fast path: COPY straight into the table. An identity index refuses the whole batch if any
+        # trade of it is stored already (a redelivery: rare), and the slower path below skips those.
         with transaction.atomic(using=using), connection.cursor() as cursor:
             with cursor.cursor.copy(_DIRECT_COPY) as copy:
-                copy.write(_copy_text(trades, _timestamp_text))
+                for chunk in _copy_chunks(trades, times, ids):
+                    copy.write(chunk)
             return len(trades)
-    except (UniqueViolation, IntegrityError):
+    except UniqueViolation:
         pass  # a trade of the batch is stored already: insert the others
     with transaction.atomic(using=using), connection.cursor() as cursor:
         raw = connection.connection
@@ -156,25 +239,65 @@ def _store_postgresql(trades: Sequence[Trade], using: str) -> int:
             # creating transaction commits: a rollback takes the table with it.
             cursor.execute(_STAGE_DDL)
             transaction.on_commit(lambda: setattr(connection, "_trade_stage_of", raw), using=using)
-        with cursor.cursor.copy("COPY trade_stage FROM STDIN") as copy:
-            copy.write(_copy_text(trades, _micros))
+        with cursor.cursor.copy(_STAGE_COPY) as copy:
+            for chunk in _copy_chunks(trades, times, ids):
+                copy.write(chunk)
         cursor.execute(_STAGE_INSERT)
         return int(cursor.rowcount)
 
 
 _NULL = "\\N"
+_INT4_LOW, _INT4_HIGH = -(2**31), 2**31 - 1
 
 
-def _copy_text(trades: Sequence[Trade], time_text: Callable[[int], object]) -> str:
-    """COPY's text format. Symbols and channels are validated alphanumerics, numbers are digits and a
-    point: nothing needs escaping."""
-    return "".join(
-        f"{t.symbol}\t{t.channel}\t{t.trade_id}\t{t.price_text}\t{t.quantity_text}\t{time_text(t.trade_ts)}\t"
-        f"{time_text(t.event_ts)}\t{'t' if t.is_buyer_maker else 'f'}\t"
-        f"{_NULL if t.first_trade_id is None else t.first_trade_id}\t"
-        f"{_NULL if t.last_trade_id is None else t.last_trade_id}\n"
-        for t in trades
-    )
+def _copy_chunks(trades: Sequence[Trade], times: Sequence[int], ids: dict[tuple[str, str], int]) -> Iterator[str]:
+    """COPY's text format, `_COPY_CHUNK` rows at a time. Symbols and channels are validated alphanumerics,
+    numbers are digits and a point: nothing needs escaping. The hot loop of bulk storage: it unpacks each
+    trade once, formats each second once (trades come in runs within a second), and calls nothing else in
+    the common case (see `_after` for the times)."""
+    null, low, high = _NULL, _INT4_LOW, _INT4_HIGH
+    second, second_text, key, instrument = -1, "", ("", ""), ""
+    for start in range(0, len(trades), _COPY_CHUNK):
+        lines = []
+        for (symbol, channel, trade_id, price, quantity, _, event_ts, maker, first, last, received), us in zip(
+                trades[start:start + _COPY_CHUNK], times[start:start + _COPY_CHUNK], strict=True):
+            if us // 1_000_000 != second:
+                second = us // 1_000_000
+                second_text = _second_text(second)
+            if key[0] != symbol or key[1] != channel:
+                key = (symbol, channel)
+                instrument = str(ids[key])
+            event = (event_ts if event_ts >= _MICROSECOND_THRESHOLD else event_ts * 1000) - us
+            after = received - us if received is not None else 0
+            if low <= event <= high and low <= after <= high:  # the common case: both fit an integer
+                times_text = f"{null}\t{null}\t{null if event == 0 else event}\t{null if received is None else after}"
+            else:
+                times_text = "\t".join(map(str, _after(event, us, received, null)))
+            lines.append(f"{second_text}.{us % 1_000_000:06d}+00\t{trade_id}\t{null if first is None else first}\t"
+                         f"{null if last is None else last}\t{times_text}\t{instrument}\t{'t' if maker else 'f'}\t"
+                         f"{price}\t{quantity}\n")
+        yield "".join(lines)
+
+
+def _after(event: int, us: int, received: int | None, null: Any) -> tuple[Any, Any, Any, Any]:
+    """(event_time, received_time, event_after_us, received_after_us) of a trade at `us` whose event time is
+    `event` µs after it: the times as microseconds after the trade time when that fits an integer (35
+    minutes), else whole; `null` where there is nothing to say (no event time of its own, not received live)."""
+    event_time, event_after = (null, null) if event == 0 else (
+        (null, event) if _INT4_LOW <= event <= _INT4_HIGH else (_timestamp_text(us + event), null))
+    if received is None:
+        return event_time, null, event_after, null
+    after = received - us
+    if _INT4_LOW <= after <= _INT4_HIGH:
+        return event_time, null, event_after, after
+    return event_time, _timestamp_text(received), event_after, null
+
+
+def _values(t: Trade, us: int, ids: dict[tuple[str, str], int]) -> tuple[object, ...]:
+    event_time, received_time, event_after, received_after = _after(_micros(t.event_ts) - us, us, t.received_us, None)
+    return (_timestamp_text(us), t.trade_id, t.first_trade_id, t.last_trade_id, event_time, received_time,
+            event_after, received_after, ids[(t.symbol, t.channel)], t.is_buyer_maker, t.price_text,
+            t.quantity_text)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -182,17 +305,25 @@ def _second_text(seconds: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
 
 
-def _timestamp_text(ts: int) -> str:
-    """An exchange timestamp as PostgreSQL timestamptz text, exact to the microsecond. Trades come in
-    runs within the same second, so the formatted second is cached."""
-    seconds, fraction = divmod(_micros(ts), 1_000_000)
+def _timestamp_text(us: int) -> str:
+    """Microseconds since the epoch as PostgreSQL timestamptz text, exactly. Trades come in runs within
+    the same second, so the formatted second is cached."""
+    seconds, fraction = divmod(us, 1_000_000)
     return f"{_second_text(seconds)}.{fraction:06d}+00"
 
 
+# --- SQLite (and any other backend) ----------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _store_orm(trades: Sequence[Trade], using: str) -> int:
-    """SQLite (and any other backend): INSERT OR IGNORE; the count comes from the table's change counter."""
-    rows = [PriceUpdate(ticker_symbol=t.symbol, channel=t.channel, trade_id=t.trade_id, price=t.price,
+    """INSERT OR IGNORE; the count comes from the table's change counter."""
+    ids = instrument_ids({(t.symbol, t.channel) for t in trades}, using)
+    rows = [PriceUpdate(key=trade_key(t.symbol, t.channel, t.trade_id), instrument_id=ids[(t.symbol, t.channel)],
+                        ticker_symbol=t.symbol, channel=t.channel, trade_id=t.trade_id, price=t.price,
                         volume=t.quantity, trade_time=t.trade_time, event_time=t.event_time,
+                        received_time=None if t.received_us is None else _EPOCH + timedelta(microseconds=t.received_us),
                         is_market_maker=t.is_buyer_maker, first_trade_id=t.first_trade_id,
                         last_trade_id=t.last_trade_id) for t in trades]
     connection = connections[using]

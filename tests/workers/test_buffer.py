@@ -292,7 +292,7 @@ def test_a_trade_the_database_refuses_is_isolated_and_the_rest_of_the_batch_is_s
     # A constraint the trades pass in Python but not in the database (here: a check added by hand)
     # stands for any content error. Today's main: the whole batch fails on every flush, for ever.
     with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-        cursor.execute("ALTER TABLE streams_priceupdate ADD CONSTRAINT test_price_cap CHECK (price < 61837.5)")
+        cursor.execute("ALTER TABLE streams_trade ADD CONSTRAINT test_price_cap CHECK (price < 61837.5)")
     try:
         trades = [make(i) for i in range(1, 101)]  # prices 61837.01..61837.99 then 61837.00: 49 above the cap
         append(trades, chunk=7)
@@ -306,7 +306,7 @@ def test_a_trade_the_database_refuses_is_isolated_and_the_rest_of_the_batch_is_s
         assert all(letter.stream == "btcusdt@trade" for letter in letters)
     finally:
         with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-            cursor.execute("ALTER TABLE streams_priceupdate DROP CONSTRAINT test_price_cap")
+            cursor.execute("ALTER TABLE streams_trade DROP CONSTRAINT test_price_cap")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -30,25 +30,27 @@ def create_tasks(apps, schema_editor):
     IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
     PeriodicTasks = apps.get_model("django_celery_beat", "PeriodicTasks")
+    db = schema_editor.connection.alias  # the database being migrated, not always the default one
     for name, task, setting, default in COLLECTOR_TASKS:
         seconds = float(getattr(settings, setting, default))
         spec = interval_spec(seconds)
-        schedule = IntervalSchedule.objects.filter(**spec).order_by("id").first()
-        schedule = schedule or IntervalSchedule.objects.create(**spec)
-        PeriodicTask.objects.get_or_create(name=name, defaults={
+        schedule = IntervalSchedule.objects.using(db).filter(**spec).order_by("id").first()
+        schedule = schedule or IntervalSchedule.objects.using(db).create(**spec)
+        PeriodicTask.objects.using(db).get_or_create(name=name, defaults={
             "task": task, "interval": schedule, "enabled": True, "kwargs": "{}", "args": "[]",
             "expire_seconds": max(MIN_EXPIRES, math.ceil(seconds)),
             "description": f"Every {seconds:g} s ({setting} when the migration ran).",
         })
     # Historical models skip PeriodicTask.save(): tell a running beat that its schedule changed.
-    PeriodicTasks.objects.update_or_create(ident=1, defaults={"last_update": _now()})
+    PeriodicTasks.objects.using(db).update_or_create(ident=1, defaults={"last_update": _now()})
 
 
 def delete_tasks(apps, schema_editor):
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
     PeriodicTasks = apps.get_model("django_celery_beat", "PeriodicTasks")
-    PeriodicTask.objects.filter(name__in=[name for name, *_ in COLLECTOR_TASKS]).delete()
-    PeriodicTasks.objects.update_or_create(ident=1, defaults={"last_update": _now()})
+    db = schema_editor.connection.alias
+    PeriodicTask.objects.using(db).filter(name__in=[name for name, *_ in COLLECTOR_TASKS]).delete()
+    PeriodicTasks.objects.using(db).update_or_create(ident=1, defaults={"last_update": _now()})
 
 
 def _now():
