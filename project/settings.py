@@ -190,6 +190,11 @@ BINANCE_BACKFILL_MAX_TRADES = env_int("BINANCE_BACKFILL_MAX_TRADES", 100_000, mi
 BINANCE_QUEUE_SIZE = env_int("BINANCE_QUEUE_SIZE", 10_000, minimum=1)
 # Streams sharing one combined connection (the exchange allows 1024). 200 keeps the connect URL short
 # (~3.5 KB), a dropped connection's backfill burst bounded, and 1,500 symbols on 8 connections.
+# REST request weight of every process on this IP together, per window (the exchange allows 6,000 a minute
+# per IP; 80 % leaves room for the validation calls and other clients on the IP, whose use the exchange's
+# X-MBX-USED-WEIGHT-1M header reports).
+BINANCE_REST_WEIGHT_BUDGET = env_int("BINANCE_REST_WEIGHT_BUDGET", 4800, minimum=1)
+BINANCE_REST_WEIGHT_WINDOW = env_float("BINANCE_REST_WEIGHT_WINDOW", 60.0, minimum=1.0)
 BINANCE_STREAMS_PER_CONNECTION = env_int("BINANCE_STREAMS_PER_CONNECTION", 200, minimum=1)
 if BINANCE_STREAMS_PER_CONNECTION > 1024:
     raise ImproperlyConfigured(f"BINANCE_STREAMS_PER_CONNECTION={BINANCE_STREAMS_PER_CONNECTION} is above the "

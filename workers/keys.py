@@ -9,6 +9,7 @@ BUFFER_STREAM = f"{PREFIX}:buffer"       # the hand-off buffer (a Redis Stream)
 BUFFER_GROUP = "flushers"                # its consumer group
 FLUSH_LOCK = f"{PREFIX}:flush-lock"      # one flush at a time
 CONNECTION_BUDGET = f"{PREFIX}:connection-attempts"  # sorted set of attempt times
+REST_WEIGHT = f"{PREFIX}:rest-weight"    # prefix of the REST request weight counter of each window
 BEAT_SEEN = f"{PREFIX}:beat-seen"        # last time a beat-driven task ran
 
 

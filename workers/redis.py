@@ -15,7 +15,13 @@ def sync_redis() -> redis.Redis:
                                 socket_timeout=10)
 
 
-def async_redis() -> redis.asyncio.Redis:
-    """A new asyncio client (bound to the running loop; close it with `aclose()`)."""
-    return redis.asyncio.Redis.from_url(settings.REDIS_URL, health_check_interval=30, socket_connect_timeout=5,
-                                        socket_timeout=10)
+def async_redis(max_connections: int | None = None) -> redis.asyncio.Redis:
+    """A new asyncio client (bound to the running loop; close it with `aclose()`). With `max_connections`,
+    callers beyond it wait for a free connection (redis-py 8's default pool refuses past 100 instead)."""
+    if max_connections is None:
+        return redis.asyncio.Redis.from_url(settings.REDIS_URL, health_check_interval=30, socket_connect_timeout=5,
+                                            socket_timeout=10)
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.REDIS_URL, max_connections=max_connections, timeout=30, health_check_interval=30,
+        socket_connect_timeout=5, socket_timeout=10)
+    return redis.asyncio.Redis(connection_pool=pool)

@@ -39,12 +39,13 @@ from project.logs import stream_context
 from streams.binance.backoff import Backoff
 from streams.binance.client import StreamClient
 from streams.binance.protocol import Trade, split_stream_name
+from streams.binance.rest import BinanceRest
 from streams.broadcast import ALL_TRADES_GROUP, Broadcaster
 from streams.config import client_config
 from streams.failures import describe, is_transient
 from streams.runner import Runner
 from streams.storage import last_stored_ids
-from workers.budget import take_connection_slot
+from workers.budget import RedisWeightBudget, take_connection_slot
 from workers.buffer import BufferFull, append_trades
 from workers.deadletters import BAD_FRAME, DeadLetter, dead_letter_async
 from workers.keys import (
@@ -70,6 +71,7 @@ FINAL_HANDOVER = 3.0   # s to hand what was read to the buffer once stopping
 FINAL_REDIS = 1.0      # s for each last Redis call (statuses, lease releases)
 FENCE_AT = 0.75        # of the lease TTL after a renewal was sent: drop every connection if none confirmed since
 EVENT_EVERY = 30.0     # s between two task events of a stream whose state did not change (Flower)
+REDIS_CONNECTIONS = 16  # the runtime's own; its work is pipelined (issue 9: <= 50 Redis connections a process)
 _REGRESSIONS_KEPT = 10_000
 _STREAM_IN_FRAME = re.compile(r'"stream":"([a-z0-9]+@[A-Za-z]+)"')
 
@@ -218,10 +220,12 @@ class Runtime:
                 logger.warning("cannot start: %s; the supervisor will start it again", describe(exc))
                 return Outcome(f"cannot start: {describe(exc)}", failed=True)
             handle = _Handle(sid, (symbol.upper(), channel), owner, lease, publish)
-            self.handles[sid] = handle
             # The shared parts run outside any one stream's logging context (their lines name streams).
+            first = not self.handles
+            self.handles[sid] = handle
             client = contextvars.Context().run(self._ensure_client)
-            self._fence_confirmed(sent)
+            if first:  # the fence runs from the oldest lease not renewed since: only the first one sets it
+                self._fence_confirmed(sent)
             contextvars.Context().run(client.add, symbol, channel, resume)
             logger.info("started by %s, resuming after %s", owner, resume if resume is not None else "nothing stored")
             await self._report(handle, "starting")
@@ -245,8 +249,9 @@ class Runtime:
         return max(candidates) if candidates else None
 
     def _redis_client(self) -> redis.asyncio.Redis:
+        """One client for every stream of the process, at most REDIS_CONNECTIONS connections (they wait)."""
         if self._redis is None:
-            self._redis = async_redis()
+            self._redis = async_redis(max_connections=REDIS_CONNECTIONS)
         return self._redis
 
     # --- the shared client, its pump and its heartbeat ----------------------------------------------
@@ -255,7 +260,11 @@ class Runtime:
         """The client of the current generation; a new one after a failure or a fence."""
         if self.client is not None:
             return self.client
-        self.client = StreamClient(client_config([]), before_connect=self._take_slot)
+        config = client_config([])
+        rest = BinanceRest(config.rest_url, micros=config.micros, budget=RedisWeightBudget(
+            self._redis_client(), budget=settings.BINANCE_REST_WEIGHT_BUDGET,
+            window=settings.BINANCE_REST_WEIGHT_WINDOW))
+        self.client = StreamClient(config, rest=rest, before_connect=self._take_slot)
         self.client.start()
         self._generation_stop = asyncio.Event()
         self._broadcaster = Broadcaster([ALL_TRADES_GROUP], per_symbol=True)
@@ -575,6 +584,8 @@ class Runtime:
             await client.stop(timeout=STOP_GRACE)
             if sink is not None:
                 sink.keep(client.take_ready(10**9))
+            with contextlib.suppress(Exception):  # closing an HTTP pool: nothing to save
+                await client.rest.aclose()
         if sink is not None:
             unwritten = await sink.close(FINAL_HANDOVER)
             if unwritten:

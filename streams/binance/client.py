@@ -268,6 +268,10 @@ class StreamClient:
         self._room.set()
 
     @property
+    def rest(self) -> BinanceRest:
+        return self._rest
+
+    @property
     def failure(self) -> BaseException | None:
         """The error that ended the client, if one did (a background task's failure, or a fatal error)."""
         return self._fatal

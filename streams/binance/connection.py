@@ -254,6 +254,7 @@ class Connection:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ConnectionLost(str(reason)))
+                    future.exception()  # its request may have been cancelled meanwhile: nobody else reads it
 
 
 def _describe_close(exc: ConnectionClosed) -> str:

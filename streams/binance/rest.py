@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -38,6 +38,16 @@ _WEIGHTS = {"/api/v3/exchangeInfo": 20, "/api/v3/historicalTrades": 25, "/api/v3
 _TRADES_PATH = {TRADE: "/api/v3/historicalTrades", AGG_TRADE: "/api/v3/aggTrades"}
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class WeightBudget(Protocol):
+    """Request weight shared by every client on one IP (the exchange counts per IP: 6,000 a minute).
+    `take` waits until `weight` fits the current window's budget and counts it; `note` is what the
+    exchange says is used already (X-MBX-USED-WEIGHT-1M), which includes other clients on the IP."""
+
+    async def take(self, weight: int) -> float: ...
+
+    async def note(self, used: int) -> None: ...
 
 
 @dataclass
@@ -70,6 +80,7 @@ class BinanceRest:
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
         micros: bool = False,
+        budget: WeightBudget | None = None,
         sleep: Sleep = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -85,6 +96,7 @@ class BinanceRest:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._weight_minute = -1
+        self._budget = budget  # shared across processes (workers.budget); None: this client's own count
         self.stats = RestStats()
 
     async def aclose(self) -> None:
@@ -182,6 +194,8 @@ class BinanceRest:
         self.stats.requests += 1
         response = await self._http.get(path, params=params)
         self._note_weight(response)
+        if self._budget is not None and self.stats.used_weight:
+            await self._budget.note(self.stats.used_weight)
         if response.status_code == 200:
             try:
                 return orjson.loads(response.content)
@@ -201,6 +215,9 @@ class BinanceRest:
 
     async def _wait_for_weight(self, weight: int) -> None:
         """Wait for the next minute when this call would take the used weight over our budget."""
+        if self._budget is not None:
+            self.stats.waited_for_weight += await self._budget.take(weight)
+            return
         now = self._wall_clock()
         if int(now // 60) != self._weight_minute:
             return  # a new minute: the exchange's counter has reset

@@ -25,6 +25,7 @@ from streams.binance.waiting import STOPPED, unless_stopped
 logger = logging.getLogger(__name__)
 
 StreamKey = tuple[str, str]
+GATHER = 0.3  # s a new connection waits for more streams before it connects
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
@@ -151,6 +152,10 @@ class ConnectionSlot:
                     if await unless_stopped(self._changed.wait(), self._stopping) is STOPPED:
                         return
                     continue
+                if not self._served and self.connection_attempts == 0:
+                    # A new slot: streams usually come in a rush (a worker starting): gather them into the
+                    # connect URL instead of one SUBSCRIBE each.
+                    await unless_stopped(self._sleep(GATHER), self._stopping)
                 connection = await self._connect()
                 if connection is None:
                     return

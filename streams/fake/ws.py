@@ -200,11 +200,9 @@ class Session:
             while self.closing is None:
                 while pending and pending[0][1].done():
                     pending.popleft()
-                if not self.running.is_set():  # stalled: no pings, no timeouts
-                    pending.clear()
-                    await self.running.wait()
-                    next_ping = loop.time() + server.ping_interval
-                    continue
+                # Stalled, the server still pings and still drops a connection whose pongs it does not
+                # read in time, like a real server behind a blackhole: a client that went away meanwhile
+                # (it cannot be seen while reading is paused) does not stay a session for ever.
                 now = loop.time()
                 if now >= deadline:
                     self.disconnect("lifetime", 1000, "Connection lifetime expired")
