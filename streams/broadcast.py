@@ -43,10 +43,15 @@ def trade_message(trade: Trade) -> dict[str, Any]:
         "trade_id": trade.trade_id,
         "price": trade.price_text,
         "volume": trade.quantity_text,
-        "trade_ts": trade.trade_ts,
-        "event_ts": trade.event_ts,
+        "trade_ts": _millis(trade.trade_ts),
+        "event_ts": _millis(trade.event_ts),
         "is_market_maker": trade.is_buyer_maker,
     }
+
+
+def _millis(ts: int) -> int:
+    """Browsers get milliseconds (JavaScript's own unit), whether the exchange sent ms or µs."""
+    return ts // 1000 if ts >= 10**14 else ts
 
 
 def batch_json(trades: Sequence[Trade]) -> str:

@@ -8,18 +8,19 @@ from typing import Any
 import redis
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
 from streams.binance.protocol import CHANNELS, TRADE, normalize_symbol
-from workers import registry
+from workers import listing, registry
 from workers.deadletters import dead_letter_total, recent_dead_letters
 from workers.keys import stream_id
-from workers.models import SymbolStream
+from workers.models import ArchiveFile, DayCoverage, SymbolStream
 from workers.redis import sync_redis
 from workers.status import StreamStatus, read_status
 
@@ -65,10 +66,23 @@ class AddSymbolStreamForm(forms.ModelForm):  # type: ignore[type-arg]
             self.add_error(None, f"Could not check {symbol} with the exchange, try again: {exc}")
 
 
+class EnableTradingForm(forms.Form):
+    """Every symbol the exchange trades now, of one quote asset or all; one exchangeInfo call."""
+
+    quote = forms.CharField(max_length=10, required=False, help_text="Like USDT; empty for every quote asset.")
+    channel = forms.ChoiceField(choices=[(c, c) for c in CHANNELS], initial=TRADE)
+
+    def clean_quote(self) -> str:
+        quote: str = self.cleaned_data["quote"].strip().upper()
+        if quote and not quote.isalnum():
+            raise forms.ValidationError(f"invalid quote asset {quote!r}: letters and digits, like USDT")
+        return quote
+
+
 @admin.register(SymbolStream)
 class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("symbol", "channel", "enabled", "state", "last_trade_age", "trades_per_s", "gaps_healed",
-                    "ids_back", "errors")
+    list_display = ("symbol", "channel", "enabled", "exchange_status", "state", "last_trade_age", "trades_per_s",
+                    "gaps_healed", "ids_back", "errors")
     list_filter = ("enabled",)
     search_fields = ("name",)
     ordering = ("name",)
@@ -87,6 +101,19 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def channel(self, obj: SymbolStream) -> str:
         key = _key(obj)
         return key[1] if key else NONE
+
+    @admin.display(description="exchange")
+    def exchange_status(self, obj: SymbolStream) -> str:
+        """The symbol's status at the last listing check when it is not TRADING (the stream stays enabled)."""
+        key = _key(obj)
+        if key is None:
+            return NONE
+        try:
+            status = sync_redis().hget(listing.NOT_TRADING, key[0])
+        except redis.RedisError as exc:
+            logger.warning("cannot read the exchange status of %s: %s", key[0], exc)
+            return _UNAVAILABLE.state
+        return f"not trading ({status.decode()})" if status else NONE
 
     @admin.display(description="state")
     def state(self, obj: SymbolStream) -> str:
@@ -119,7 +146,37 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_urls(self) -> list[Any]:
         view = self.admin_site.admin_view(self.dead_letters_view)
-        return [path("dead-letters/", view, name="workers_dead_letters"), *super().get_urls()]
+        enable = self.admin_site.admin_view(self.enable_trading_view)
+        return [path("dead-letters/", view, name="workers_dead_letters"),
+                path("enable-trading/", enable, name="workers_enable_trading"), *super().get_urls()]
+
+    # --- every trading symbol at once (the admin's `streams enable --all --quote X`) ------------------------
+
+    def enable_trading_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = EnableTradingForm(request.POST or None)
+        if request.method == "POST" and form.is_valid() and (line := self._enable_trading(form)):
+            self.message_user(request, line, messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:workers_symbolstream_changelist"))
+        context = {**self.admin_site.each_context(request), "form": form, "opts": self.model._meta,
+                   "title": "Enable every trading symbol"}
+        return TemplateResponse(request, "admin/workers/enable_trading.html", context)
+
+    def _enable_trading(self, form: EnableTradingForm) -> str | None:
+        """The summary line, or None with the form's error saying why nothing was enabled."""
+        quote, channel = form.cleaned_data["quote"], form.cleaned_data["channel"]
+        try:
+            chosen = listing.trading_symbols([quote] if quote else None)
+        except StreamError as exc:
+            logger.warning("could not list the exchange's symbols: %s", exc)
+            form.add_error(None, f"Could not ask the exchange for its symbols, try again: {exc}")
+            return None
+        if not chosen.trading and not chosen.not_trading:
+            form.add_error("quote", f"The exchange lists no symbol quoted in {quote}.")
+            return None
+        changes = registry.enable_streams([(symbol, channel) for symbol in chosen.trading])
+        return registry.summary("enabled", changes, chosen.not_trading)
 
     def dead_letters_view(self, request: HttpRequest) -> HttpResponse:
         client = sync_redis()
@@ -143,15 +200,13 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Enable")
     def enable_selected(self, request: HttpRequest, queryset: QuerySet[SymbolStream]) -> None:
-        keys = [key for obj in queryset if (key := _key(obj))]
-        for symbol, channel in keys:
-            registry.enable_stream(symbol, channel)
-        self.message_user(request, f"Enabled {len(keys)} stream(s).", messages.SUCCESS)
+        changes = registry.enable_streams(_keys(queryset))  # one transaction, one notice to beat
+        self.message_user(request, _capital(registry.summary("enabled", changes)), messages.SUCCESS)
 
     @admin.action(description="Disable")
     def disable_selected(self, request: HttpRequest, queryset: QuerySet[SymbolStream]) -> None:
-        changed = sum(registry.disable_stream(*key) for obj in queryset if (key := _key(obj)))
-        self.message_user(request, f"Disabled {changed} stream(s).", messages.SUCCESS)
+        changes = registry.disable_streams(_keys(queryset))
+        self.message_user(request, _capital(registry.summary("disabled", changes)), messages.SUCCESS)
 
     # --- the add form creates through the registry; other changes only through the actions -------------
 
@@ -185,6 +240,21 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False  # disable instead: the stream's history (last run, run count) stays
 
 
+def _keys(queryset: QuerySet[SymbolStream]) -> list[tuple[str, str]]:
+    """(SYMBOL, channel) of the selected rows with usable kwargs (two columns read, not every field)."""
+    keys = []
+    for name, kwargs in queryset.values_list("name", "kwargs"):
+        try:
+            keys.append(registry.key_of(kwargs))
+        except (ValueError, KeyError, TypeError):
+            logger.warning("periodic task %r has unusable kwargs %r; left as it is", name, kwargs)
+    return keys
+
+
+def _capital(line: str) -> str:
+    return line[:1].upper() + line[1:]
+
+
 def _key(obj: SymbolStream) -> tuple[str, str] | None:
     """(SYMBOL, channel) of the row, or None for a task whose kwargs were edited into nonsense."""
     try:
@@ -216,3 +286,32 @@ def _field(obj: SymbolStream, name: str, fmt: str = "{}") -> str:
     status = _status(obj)
     value = None if status is None else getattr(status, name)
     return NONE if value is None or value == "" else fmt.format(value)
+
+
+class _ReadOnly(admin.ModelAdmin):  # type: ignore[type-arg]
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ArchiveFile)
+class ArchiveFileAdmin(_ReadOnly):
+    """Files of Binance's archive imported whole (`import_archive`): deleting one makes the next import take it
+    again."""
+
+    list_display = ("name", "symbol", "trades", "inserted", "first_id", "last_id", "sha256", "imported_at")
+    list_filter = ("symbol",)
+    search_fields = ("name",)
+    ordering = ("symbol", "name")
+
+
+@admin.register(DayCoverage)
+class DayCoverageAdmin(_ReadOnly):
+    """Completeness per stream and UTC day (workers.coverage), as `manage.py coverage` shows it."""
+
+    list_display = ("day", "symbol", "channel", "verdict", "trades", "first_id", "last_id", "archive_count", "holes")
+    list_filter = ("verdict", "channel", "symbol")
+    date_hierarchy = "day"
+    ordering = ("-day", "symbol", "channel")

@@ -12,7 +12,8 @@ from django.db import DatabaseError, connection
 
 from workers.buffer import buffer_stats
 from workers.deadletters import dead_letter_total, recent_dead_letters
-from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, last_failure_key
+from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, last_failure_key, parse_stream_id
+from workers.listing import not_trading
 from workers.redis import sync_redis
 from workers.status import StreamStatus, all_statuses, is_stale, server_time
 
@@ -30,13 +31,15 @@ def streams_report(dead_letters: int = 10) -> dict[str, Any]:
     statuses = all_statuses()
     enabled = {stream_id(s, c) for s, c in enabled_streams()}
     failures = {k.decode(): int(v) for k, v in client.hgetall(FAILURES).items()}
+    listing = not_trading(client)
     streams = []
     for sid in sorted(enabled | set(statuses)):
         status = statuses.get(sid)
         state = "not running" if status is None else ("stalled" if is_stale(status) else status.state)
         entry: dict[str, Any] = {**(status or StreamStatus(state="")).as_dict(), "stream": sid,
                                  "enabled": sid in enabled, "state": state,
-                                 "task_failures": failures.get(sid, 0), "last_failure": _last_failure(sid)}
+                                 "task_failures": failures.get(sid, 0), "last_failure": _last_failure(sid),
+                                 "exchange_status": listing.get(parse_stream_id(sid)[0], "TRADING")}
         streams.append(entry)
     return {
         "streams": streams,

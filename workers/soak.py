@@ -34,9 +34,10 @@ import dj_database_url
 import psycopg
 import redis
 
-from streams.binance.protocol import TRADE, Trade
+from streams.binance.protocol import TRADE, Trade, datetime_from_exchange
 from streams.fake.exchange import FakeExchange, running_exchange
 from streams.fake.faults import FaultRates
+from streams.fake.market import micros
 from streams.fake.proxy import TcpProxy
 from streams.storage_benchmarks import postgres_url
 
@@ -337,7 +338,7 @@ def _same(row: tuple[Any, ...], trade: Trade | None) -> bool:
         return False
     _, price, volume, trade_time, maker = row
     return (Decimal(price), Decimal(volume), trade_time, maker) == (
-        trade.price, trade.quantity, trade.trade_time, trade.is_buyer_maker)
+        trade.price, trade.quantity, datetime_from_exchange(micros(trade.trade_ts)), trade.is_buyer_maker)
 
 
 def _rss_kib(pid: int) -> int | None:

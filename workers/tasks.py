@@ -79,8 +79,8 @@ def _dispatch(sid: str) -> None:
     run_stream.apply_async(kwargs={"symbol": symbol, "channel": channel}, queue=STREAMS_QUEUE)
 
 
-def _revoke(task_id: str) -> None:
-    app.control.revoke(task_id)
+def _revoke(task_ids: list[str]) -> None:
+    app.control.revoke(task_ids)  # one broadcast for all of them
 
 
 def _periodic(name: str, work: Callable[[], T], empty: T) -> T:
@@ -141,6 +141,14 @@ def flush_trades() -> int:
         return result.trades
 
     return _periodic("flush", work, 0)
+
+
+@shared_task(name="workers.tasks.check_listing", ignore_result=True)
+def check_listing() -> dict[str, str]:
+    """Every 5 minutes (migration 0006): enabled symbols the exchange does not trade now; reported, kept enabled."""
+    from workers.listing import check_trading
+
+    return _periodic("listing", check_trading, {})
 
 
 @shared_task(name="workers.tasks.audit_gaps", ignore_result=True)

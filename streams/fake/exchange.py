@@ -13,10 +13,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from streams.binance.protocol import Trade
+from streams.fake.archive import FakeArchive
 from streams.fake.faults import DEFAULT_COUNTS, Fault, FaultRates, fault_from
 from streams.fake.market import Market
 from streams.fake.rest import RestServer
@@ -28,6 +30,9 @@ T = TypeVar("T")
 _TICK: Final = 0.02  # seconds between market ticks
 _FAULT_TICK: Final = 0.1  # seconds between random-fault draws
 _CALL_TIMEOUT: Final = 60.0
+# exchangeInfo's `status` of a symbol (enums.md, "Symbol status"); only TRADING symbols make trades.
+TRADING: Final = "TRADING"
+SYMBOL_STATUSES: Final = (TRADING, "END_OF_DAY", "HALT", "BREAK", "CANCEL_ONLY")
 
 
 @dataclass
@@ -80,6 +85,9 @@ class FakeExchange:
         faults: FaultRates | None = None,
         send_queue_limit: int = 10_000,
         replay: str | Path | None = None,
+        history_from: date | None = None,
+        history_rate: float = 0.01,
+        archive_delay: float = 0.0,
     ) -> None:
         symbols = {"BTCUSDT": 10.0} if symbols is None else symbols
         for symbol, rate in symbols.items():
@@ -99,6 +107,14 @@ class FakeExchange:
         self.seed = seed
         self.rates = dict(symbols)
         self.markets = {symbol: Market(symbol, seed, replay) for symbol in symbols}
+        self.statuses = dict.fromkeys(symbols, TRADING)  # exchangeInfo's `status` (set_status)
+        if history_from is not None:
+            # Past trades (midnight UTC of `history_from` until now), ids consecutive up to the live ones:
+            # the archive, historicalTrades and the streams all tell the same story.
+            start = int(datetime(history_from.year, history_from.month, history_from.day, tzinfo=UTC).timestamp())
+            for market in self.markets.values():
+                market.make_history(start * 1000, _now_ms(), history_rate)
+        self.archive = FakeArchive(self.markets, publish_delay=archive_delay)
         self.fault_rates = faults or FaultRates()
         self._stats = Stats()
         self._ws = WsServer(
@@ -183,6 +199,9 @@ class FakeExchange:
             await asyncio.sleep(_TICK)
             elapsed = loop.time() - started
             for symbol, rate in self.rates.items():
+                if self.statuses[symbol] != TRADING:
+                    made[symbol] = int(rate * elapsed)  # no trades now, and no catching up when it resumes
+                    continue
                 due = int(rate * elapsed) - made[symbol]
                 if rate > 0 and due > 0:
                     trades, aggs = self.markets[symbol].make(due, _now_ms(), whole_orders=True)
@@ -198,6 +217,18 @@ class FakeExchange:
         if market is None:
             raise ValueError(f"unknown symbol {symbol!r}; the exchange lists {', '.join(self.markets)}")
         return market
+
+    def set_status(self, symbol: str, status: str) -> None:
+        """Set the symbol's exchangeInfo `status` (a BREAK, a HALT, TRADING again); only TRADING symbols trade
+        on their own (make_trades still makes trades on demand)."""
+        self._market(symbol)
+        if status not in SYMBOL_STATUSES:
+            raise ValueError(f"unknown symbol status {status!r}; one of {', '.join(SYMBOL_STATUSES)}")
+
+        def change() -> None:
+            self.statuses[symbol] = status
+
+        self._in_loop(change)
 
     def make_trades(self, symbol: str, count: int) -> list[Trade]:
         """Make `count` trades now (sent to subscribers, added to the record) and return them."""

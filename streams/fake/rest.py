@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 _SYMBOL_RE: Final = re.compile(r"[A-Z0-9\-_.]{1,20}")
 _SYMBOL_RANGE: Final = "^[A-Z0-9-_.]{1,20}$"
 _SYMBOLS_RANGE: Final = '^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$'
+_STATUS_FILTERS: Final = ("TRADING", "HALT", "BREAK")  # exchangeInfo's symbolStatus: "Valid values"
 _MAX_LIMIT: Final = 1000
 _HOUR_MS: Final = 3_600_000
 _ROUTES: Final = {  # path: weight ("Weight:" of each endpoint)
@@ -242,6 +243,9 @@ class RestServer:
         stats.rest_requests[url.path] += 1
         if url.path.startswith("/fake/"):
             return self._control(request.method.decode(), url.path, url.query, body)
+        if url.path.startswith("/data/"):  # data.binance.vision's archive: another service, no weight
+            status, data, content_type = self.exchange.archive.respond(request.method.decode(), url.path)
+            return status, RawBody(data, content_type), {}
         if self.forced_garbage and url.path in _ROUTES:
             # A proxy in front answers for the exchange, before it (no weight used), whatever its state.
             self.forced_garbage -= 1
@@ -333,9 +337,16 @@ class RestServer:
         return [agg_row(t, in_micros) for t in rows]
 
     def _exchange_info(self, params: dict[str, str]) -> dict[str, Any]:
-        markets = self.exchange.markets
+        markets, statuses = self.exchange.markets, self.exchange.statuses
         if "symbol" in params and "symbols" in params:
             raise ApiError(-1128, "Combination of optional parameters invalid.")
+        wanted_status = params.get("symbolStatus")
+        if wanted_status is not None:
+            # "Cannot be used in combination with symbols or symbol."
+            if "symbol" in params or "symbols" in params:
+                raise ApiError(-1128, "Combination of optional parameters invalid.")
+            if wanted_status not in _STATUS_FILTERS:
+                raise ApiError(-1122, "Invalid symbolStatus.")
         wanted: list[str] = list(markets)
         if "symbol" in params:
             wanted = [self._symbol(params)]
@@ -374,11 +385,16 @@ class RestServer:
                 {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},
             ],
             "exchangeFilters": [],
-            "symbols": [_symbol_info(markets[s].spec) for s in wanted],
+            "symbols": [
+                _symbol_info(markets[s].spec, statuses[s])
+                for s in wanted
+                if wanted_status in (None, statuses[s])
+            ],
         }
 
-    def _control(self, method: str, path: str, query: str, body: bytes) -> Reply:
-        """`/fake/faults` (POST), `/fake/record` and `/fake/stats` (GET): not part of Binance's API."""
+    def _control(self, method: str, path: str, query: str, body: bytes) -> Reply:  # noqa: PLR0911 - a router
+        """`/fake/faults`, `/fake/archive` and `/fake/status` (POST), `/fake/record` and `/fake/stats` (GET):
+        not part of Binance's API."""
         ex = self.exchange
         try:
             if method == "POST" and path == "/fake/faults":
@@ -386,6 +402,17 @@ class RestServer:
                 if not isinstance(spec, dict) or "kind" not in spec:
                     raise ValueError("expected a JSON object with a 'kind'")
                 return 200, {"affected": ex.inject(**spec)}, {}
+            if method == "POST" and path == "/fake/archive":
+                spec = orjson.loads(body or b"{}")
+                if not isinstance(spec, dict):
+                    raise ValueError("expected a JSON object with an 'action'")
+                return 200, ex.archive.control(spec), {}
+            if method == "POST" and path == "/fake/status":
+                spec = orjson.loads(body or b"{}")
+                if not isinstance(spec, dict) or not {"symbol", "status"} <= spec.keys():
+                    raise ValueError('expected a JSON object like {"symbol": "BTCUSDT", "status": "BREAK"}')
+                ex.set_status(str(spec["symbol"]).upper(), str(spec["status"]))
+                return 200, {"symbol": str(spec["symbol"]).upper(), "status": str(spec["status"])}, {}
             params = dict(parse_qsl(query))
             if method == "GET" and path == "/fake/record":
                 symbol, channel = params.get("symbol", "").upper(), params.get("channel", TRADE)
@@ -400,10 +427,10 @@ class RestServer:
         return 404, {"error": f"no control endpoint {method} {path}"}, {}
 
 
-def _symbol_info(spec: SymbolSpec) -> dict[str, Any]:
+def _symbol_info(spec: SymbolSpec, status: str) -> dict[str, Any]:
     return {
         "symbol": spec.symbol,
-        "status": "TRADING",
+        "status": status,
         "baseAsset": spec.base_asset,
         "baseAssetPrecision": 8,
         "quoteAsset": spec.quote_asset,

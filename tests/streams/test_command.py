@@ -21,6 +21,7 @@ from streams.fake.faults import FaultRates
 from streams.fake.proxy import tcp_proxy
 from streams.models import PriceUpdate
 from tests.helpers import command_env, database_url, manage, start_manage, wait_for
+from tests.workers.test_supervision import in_micros
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,7 +43,7 @@ def assert_stored_equals_record(exchange: FakeExchange, symbol: str = "BTCUSDT",
     for row in rows:
         made: Trade = record[row.trade_id]
         assert (row.price, row.volume, row.is_market_maker) == (made.price, made.quantity, made.is_buyer_maker)
-        assert row.trade_time == made.trade_time
+        assert row.trade_time == in_micros(made).trade_time
 
 
 @pytest.mark.parametrize("batch_args", [[], ["--batch-size", "50"]], ids=["immediate", "batched"])

@@ -8,9 +8,10 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
+from django_celery_beat.models import PeriodicTasks
 
-from streams.fake.exchange import FakeExchange
-from workers import registry
+from streams.fake.exchange import FakeExchange, running_exchange
+from workers import listing, registry
 from workers.deadletters import REFUSED, DeadLetter, dead_letter
 from workers.keys import status_key
 from workers.models import SymbolStream
@@ -128,3 +129,64 @@ def test_a_stream_page_opens_read_only(admin_client_: Client) -> None:
     response = admin_client_.get(reverse("admin:workers_symbolstream_change", args=[task.pk]))
     assert response.status_code == 200
     assert "stream btcusdt@trade" in response.content.decode()
+
+
+# --- in bulk, and every trading symbol at once (issue 9) -------------------------------------------------------
+
+ENABLE_TRADING = "admin:workers_enable_trading"
+
+
+def test_the_actions_change_every_selected_stream_in_one_transaction(admin_client_: Client,
+                                                                     django_assert_max_num_queries) -> None:  # type: ignore[no-untyped-def]
+    registry.enable_streams([(f"B{i:03d}USDT", "trade") for i in range(300)])
+    pks = list(SymbolStream.objects.values_list("pk", flat=True))
+    before = PeriodicTasks.last_change()
+    with django_assert_max_num_queries(25):  # the session, the selection, one locked read, one UPDATE, the notice
+        response = admin_client_.post(reverse(CHANGELIST), {"action": "disable_selected", "_selected_action": pks})
+    assert response.status_code == 302 and registry.enabled_streams() == []
+    assert PeriodicTasks.last_change() > before
+    page = admin_client_.get(reverse(CHANGELIST)).content.decode()
+    assert "Disabled 300 streams" in page
+    admin_client_.post(reverse(CHANGELIST), {"action": "enable_selected", "_selected_action": pks[:2]})
+    assert len(registry.enabled_streams()) == 2
+
+
+@pytest.fixture
+def market(settings, clean_redis: None) -> Iterator[FakeExchange]:
+    symbols = [*(f"A{i:03d}USDT" for i in range(12)), "C000BTC", "C001BTC"]
+    with running_exchange(symbols=dict.fromkeys(symbols, 0.0), seed=5) as ex:
+        ex.set_status("A000USDT", "BREAK")
+        settings.BINANCE_REST_URL = ex.rest_url
+        yield ex
+
+
+def test_every_trading_symbol_of_a_quote_is_enabled_from_the_list_page(admin_client_: Client,
+                                                                        market: FakeExchange) -> None:
+    listing_page = admin_client_.get(reverse(CHANGELIST)).content.decode()
+    assert reverse(ENABLE_TRADING) in listing_page and "Enable every trading symbol" in listing_page
+    assert "quote" in admin_client_.get(reverse(ENABLE_TRADING)).content.decode()
+    response = admin_client_.post(reverse(ENABLE_TRADING), {"quote": "usdt", "channel": "aggTrade"}, follow=True)
+    assert "Enabled 11 streams; 1 symbol not trading skipped: A000USDT (BREAK)" in response.content.decode()
+    assert market.stats.rest_requests["/api/v3/exchangeInfo"] == 1
+    enabled = registry.enabled_streams()
+    assert len(enabled) == 11 and {c for _, c in enabled} == {"aggTrade"} and ("A000USDT", "aggTrade") not in enabled
+
+
+def test_the_enable_trading_page_says_what_went_wrong(admin_client_: Client, market: FakeExchange, settings) -> None:
+    page = admin_client_.post(reverse(ENABLE_TRADING), {"quote": "XYZ", "channel": "trade"}).content.decode()
+    assert "The exchange lists no symbol quoted in XYZ." in page
+    settings.BINANCE_REST_URL = "http://127.0.0.1:9"
+    page = admin_client_.post(reverse(ENABLE_TRADING), {"quote": "", "channel": "trade"}).content.decode()
+    assert "Could not ask the exchange for its symbols" in page
+    assert not registry.stream_tasks().exists()
+
+
+def test_the_enable_trading_page_needs_a_staff_login(client: Client) -> None:
+    assert client.get(reverse(ENABLE_TRADING)).status_code == 302
+
+
+def test_the_list_shows_a_symbol_that_does_not_trade(admin_client_: Client, market: FakeExchange) -> None:
+    registry.enable_streams([("A000USDT", "trade"), ("A001USDT", "trade")])
+    listing.check_trading()
+    page = admin_client_.get(reverse(CHANGELIST)).content.decode()
+    assert page.count("not trading (BREAK)") == 1

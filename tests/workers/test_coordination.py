@@ -10,7 +10,7 @@ from workers.budget import take_connection_slot
 from workers.keys import lease_key, stop_key
 from workers.leases import Lease
 from workers.redis import async_redis, sync_redis
-from workers.status import StreamStatus, write_status_now
+from workers.status import StreamStatus, queue_status, write_status_now
 from workers.supervisor import ensure_running, supervise
 
 SID = "btcusdt@trade"
@@ -109,10 +109,55 @@ def test_a_running_stream_that_is_not_enabled_is_stopped_and_re_enabling_clears_
     client = sync_redis()
     client.set(lease_key(SID), "worker-1:42:task-1")
     revoked: list[str] = []
-    actions = supervise([], Starts(), revoked.append)
+    actions = supervise([], Starts(), revoked.extend)
     assert actions.stopped == [SID] and client.get(stop_key(SID)) == b"*" and revoked == ["task-1"]
+    supervise([], Starts(), revoked.extend)  # asked already: not revoked again at every pass
+    assert revoked == ["task-1"]
     client.delete(lease_key(SID))
     starts = Starts()
     supervise([SID], starts)
     assert starts.sids == [SID] and not client.exists(stop_key(SID))
 
+
+
+# --- a pass over many streams: one read, one write, whatever their number (issue 9) ---------------------------
+
+class RoundTrips:
+    """Counts what the supervisor's Redis client sends: pipelines and single commands."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        self.count = 0
+        client = sync_redis()
+        for owner, name in ((type(client), "execute_command"), (type(client.pipeline()), "execute")):
+            original = getattr(owner, name)
+
+            def counted(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                self.count += 1
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(owner, name, counted)
+
+
+def test_a_pass_over_many_streams_takes_a_few_round_trips_and_decides_each_one(
+        clean_redis: None, settings: Any, monkeypatch: Any) -> None:
+    settings.COLLECTOR_STALE_AFTER = 5.0
+    client = sync_redis()
+    sids = [f"m{i:03d}usdt@trade" for i in range(400)]
+    with client.pipeline(transaction=False) as pipe:
+        for i, sid in enumerate(sids[:300]):  # 300 running; every 10th of them stale
+            pipe.set(lease_key(sid), f"w:1:task-{i}")
+            stale = {"last_frame_age": 30.0} if i % 10 == 0 else {}
+            queue_status(pipe, sid, StreamStatus(**{"state": "connected", "last_frame_age": 0.0, **stale}), ttl=60)
+        for sid in sids[300:350]:  # 50 disabled before (a stop flag for anyone), enabled again, not running
+            pipe.set(stop_key(sid), "*")
+        pipe.set(lease_key("gone@trade"), "w:1:task-gone")  # running, not enabled
+        pipe.execute()
+    starts = Starts()
+    trips = RoundTrips(monkeypatch)
+    actions = supervise(sids, starts, lambda task_id: None)
+    assert trips.count <= 5  # read, act, the lease scan, the stop of the unwanted one, the pass's mark
+    assert len(actions.running) == 270 and actions.restarted == sids[:300:10]
+    assert starts.sids == actions.started == sids[300:] and actions.stopped == ["gone@trade"]
+    assert client.get(stop_key(sids[10])) == b"w:1:task-10" and not client.exists(stop_key(sids[300]))
+    again = supervise(sids, starts, lambda task_id: None)  # dispatched, no lease yet: not dispatched again
+    assert again.started == [] and again.restarted == [] and len(starts.sids) == 100

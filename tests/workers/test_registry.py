@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+from datetime import timedelta
 
 import pytest
+from django.apps import apps
+from django.db import connection
+from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from streams.binance.errors import ExchangeUnavailable, InvalidStreamName, UnknownSymbol
@@ -26,7 +31,7 @@ def test_enable_creates_the_periodic_task_of_the_stream() -> None:
     assert task.name == "stream btcusdt@trade"
     assert task.task == "workers.tasks.ensure_stream"
     assert json.loads(task.kwargs) == {"symbol": "BTCUSDT", "channel": "trade"}
-    assert (task.interval.every, task.interval.period) == (10, IntervalSchedule.SECONDS)
+    assert (task.interval.every, task.interval.period) == (3600, IntervalSchedule.SECONDS)
     assert task.enabled
 
 
@@ -129,3 +134,106 @@ def test_the_collector_tasks_exist_after_the_migrations() -> None:
         "supervise streams": ("workers.tasks.supervise_streams", 10, "seconds", True),
         "audit gaps": ("workers.tasks.audit_gaps", 300, "seconds", True),
     }
+    listing_check = PeriodicTask.objects.get(name="check listing")
+    assert (listing_check.task, listing_check.interval.every) == ("workers.tasks.check_listing", 300)
+
+
+# --- in bulk (issue 9) ----------------------------------------------------------------------------------------
+
+MANY = [(f"B{i:04d}USDT", "trade") for i in range(1500)]
+
+
+def test_enabling_1500_streams_is_a_few_statements_and_one_notice_to_beat(django_assert_max_num_queries) -> None:  # type: ignore[no-untyped-def]
+    before = PeriodicTasks.last_change()
+    with django_assert_max_num_queries(12):  # schedule, locked read, 3 INSERTs of 500, the notice, savepoints
+        changes = registry.enable_streams(MANY)
+    assert len(changes.done) == 1500 and changes.already == []
+    assert registry.stream_tasks().filter(enabled=True).count() == 1500
+    assert PeriodicTasks.last_change() > before
+    assert len(registry.enabled_streams()) == 1500
+
+
+def test_enabling_again_writes_nothing_and_says_so() -> None:
+    registry.enable_streams(MANY[:10])
+    before = PeriodicTasks.last_change()
+    changes = registry.enable_streams(MANY[:12])
+    assert len(changes.done) == 2 and len(changes.already) == 10
+    again = registry.enable_streams(MANY[:12])
+    assert again.done == [] and len(again.already) == 12
+    assert PeriodicTasks.last_change() > before  # the first of the two changed something; the second did not
+    last = PeriodicTasks.last_change()
+    registry.enable_streams(MANY[:12])
+    assert PeriodicTasks.last_change() == last
+
+
+def test_the_ticks_of_streams_enabled_together_are_spread_over_the_interval() -> None:
+    registry.enable_streams(MANY[:300])
+    now = timezone.now()
+    offsets = [(now - t.last_run_at).total_seconds() for t in registry.stream_tasks()]
+    assert all(-1 < o < registry.ENSURE_EVERY + 1 for o in offsets)
+    # Beat ticks each one interval after its last_run_at: about 300 / 12 in each 5-minute slice of the hour.
+    slices = [sum(1 for o in offsets if k * 300 <= o < (k + 1) * 300) for k in range(12)]
+    assert min(slices) >= 10, slices
+
+
+def test_disabling_in_bulk_and_enabling_again() -> None:
+    registry.enable_streams([*MANY[:5], ("B0000USDT", "aggTrade")])
+    before = PeriodicTasks.last_change()
+    changes = registry.disable_streams([*MANY[:3], ("ZZZZUSDT", "trade")])
+    assert changes.done == ["b0000usdt@trade", "b0001usdt@trade", "b0002usdt@trade"] and changes.already == []
+    assert PeriodicTasks.last_change() > before
+    disabled = PeriodicTask.objects.get(name="stream b0000usdt@trade")
+    assert not disabled.enabled and disabled.last_run_at is None  # as PeriodicTask.save() leaves a disabled one
+    assert registry.disable_streams(MANY[:3]).already == ["b0000usdt@trade", "b0001usdt@trade", "b0002usdt@trade"]
+    changes = registry.enable_streams(MANY[:5])
+    assert changes.done == ["b0000usdt@trade", "b0001usdt@trade", "b0002usdt@trade"] and len(changes.already) == 2
+    assert PeriodicTask.objects.get(name="stream b0000usdt@trade").last_run_at is not None
+
+
+def test_disable_all_takes_every_stream_or_those_of_a_channel() -> None:
+    registry.enable_streams([*MANY[:4], ("B0000USDT", "aggTrade"), ("B0001USDT", "aggTrade")])
+    assert sorted(registry.disable_all(["aggtrade"]).done) == ["b0000usdt@aggTrade", "b0001usdt@aggTrade"]
+    assert len(registry.enabled_streams()) == 4
+    changes = registry.disable_all()
+    assert len(changes.done) == 4 and len(changes.already) == 2
+    assert registry.enabled_streams() == []
+    assert PeriodicTask.objects.filter(name="flush trades", enabled=True).exists()  # not a stream: untouched
+
+
+def test_a_bulk_enable_with_one_bad_symbol_writes_nothing() -> None:
+    with pytest.raises(InvalidStreamName, match="BTC-USDT"):
+        registry.enable_streams([("BTCUSDT", "trade"), ("BTC-USDT", "trade")])
+    assert not registry.stream_tasks().exists()
+
+
+def test_the_summary_line() -> None:
+    changes = registry.Changes(done=[f"s{i}@trade" for i in range(1487)], already=["x"] * 12)
+    assert registry.summary("enabled", changes, {f"S{i}": "BREAK" for i in range(13)}).startswith(
+        "enabled 1,487 streams (12 already enabled); 13 symbols not trading skipped: S0 (BREAK), S1 (BREAK)")
+    assert registry.summary("enabled", registry.Changes(done=["btcusdt@trade"])) == "enabled btcusdt@trade"
+    assert registry.summary("disabled", registry.Changes(already=["btcusdt@trade"])) == (
+        "btcusdt@trade was already disabled")
+
+
+# --- migration 0005: existing stream tasks tick hourly ------------------------------------------------------
+
+def test_the_migration_moves_existing_stream_tasks_to_the_hourly_schedule_once() -> None:
+    migration = importlib.import_module("workers.migrations.0005_stream_ticks_hourly")
+    assert migration.EVERY == registry.ENSURE_EVERY
+    old = IntervalSchedule.objects.create(every=10, period=IntervalSchedule.SECONDS)
+    registry.enable_streams(MANY[:50])
+    registry.disable_streams(MANY[:5])
+    registry.stream_tasks().update(interval=old, last_run_at=timezone.now() - timedelta(seconds=3))
+    before = PeriodicTasks.last_change()
+    editor = connection.schema_editor()
+    migration.hourly(apps, editor)
+    tasks = list(registry.stream_tasks())
+    assert {t.interval.every for t in tasks} == {3600}
+    assert PeriodicTasks.last_change() > before
+    spread = {int((timezone.now() - t.last_run_at).total_seconds()) // 600 for t in tasks if t.enabled}
+    assert len(spread) >= 4  # the enabled ones no longer tick in the same second
+    last = PeriodicTasks.last_change()
+    migration.hourly(apps, editor)  # again: nothing to move, nothing said to beat
+    assert PeriodicTasks.last_change() == last
+    migration.every_ten_seconds(apps, editor)  # and back
+    assert {t.interval.every for t in registry.stream_tasks()} == {10}

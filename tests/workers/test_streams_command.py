@@ -8,8 +8,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from streams.fake.exchange import FakeExchange
-from workers import registry
+from streams.fake.exchange import FakeExchange, running_exchange
+from workers import listing, registry
 from workers.keys import status_key
 from workers.redis import sync_redis
 from workers.status import StreamStatus, write_status_now
@@ -57,7 +57,7 @@ def test_enable_refuses_an_unknown_symbol_by_name() -> None:
 
 def test_enable_says_when_the_exchange_cannot_be_reached(settings) -> None:
     settings.BINANCE_REST_URL = "http://127.0.0.1:9"
-    with pytest.raises(CommandError, match=r"cannot enable BTCUSDT trade: .*cannot reach"):
+    with pytest.raises(CommandError, match=r"cannot enable BTCUSDT: .*cannot reach"):
         streams("enable", "BTCUSDT")
 
 
@@ -108,3 +108,101 @@ def test_the_command_exits_non_zero_for_an_unknown_symbol(exchange_settings: Fak
     result = manage("streams", "enable", "DOGEUSDT", env=command_env(exchange_settings))
     assert result.returncode == 1
     assert "DOGEUSDT" in result.stderr
+
+
+# --- many at once (issue 9) ------------------------------------------------------------------------------------
+
+USDT = [f"A{i:03d}USDT" for i in range(40)]
+BTC = [f"C{i:03d}BTC" for i in range(5)]
+STOPPED = {"A001USDT": "BREAK", "A002USDT": "BREAK", "A003USDT": "HALT", "C000BTC": "BREAK"}
+
+
+@pytest.fixture
+def market(settings, clean_redis: None) -> Iterator[FakeExchange]:
+    """An exchange listing 45 symbols, 4 of them not trading."""
+    with running_exchange(symbols=dict.fromkeys(USDT + BTC, 0.0), seed=9) as ex:
+        for symbol, status in STOPPED.items():
+            ex.set_status(symbol, status)
+        settings.BINANCE_REST_URL = ex.rest_url
+        yield ex
+
+
+def info_calls(ex: FakeExchange) -> int:
+    return ex.stats.rest_requests["/api/v3/exchangeInfo"]
+
+
+def test_enable_all_with_a_quote_takes_every_trading_symbol_of_it_in_one_call(market: FakeExchange) -> None:
+    assert streams("enable", "--all", "--quote", "usdt") == (
+        "enabled 37 streams; 3 symbols not trading skipped: A001USDT (BREAK), A002USDT (BREAK), A003USDT (HALT)\n")
+    assert info_calls(market) == 1
+    enabled = registry.enabled_streams()
+    assert len(enabled) == 37 and all(s.endswith("USDT") and s not in STOPPED for s, c in enabled)
+    assert streams("enable", "--all", "--channel", "trade", "--channel", "aggTrade") == (
+        "enabled 45 streams (37 already enabled); 4 symbols not trading skipped: A001USDT (BREAK), A002USDT (BREAK), "
+        "A003USDT (HALT), C000BTC (BREAK)\n")
+    assert info_calls(market) == 2 and len(registry.enabled_streams()) == 41 * 2
+
+
+def test_enable_all_refuses_a_quote_nothing_is_quoted_in(market: FakeExchange) -> None:
+    with pytest.raises(CommandError, match="lists no symbol quoted in XYZ"):
+        streams("enable", "--all", "--quote", "XYZ")
+    assert not registry.stream_tasks().exists()
+
+
+def test_enable_several_symbols_checks_them_in_one_call(market: FakeExchange) -> None:
+    assert streams("enable", "a010usdt", "A011USDT", "C001BTC") == "enabled 3 streams\n"
+    assert info_calls(market) == 1
+    assert streams("enable", "A010USDT", "A012USDT") == "enabled 1 stream (1 already enabled)\n"
+    assert sorted(s for s, _ in registry.enabled_streams()) == ["A010USDT", "A011USDT", "A012USDT", "C001BTC"]
+
+
+def test_enable_several_names_each_one_that_is_unknown_or_not_trading_and_enables_none(market: FakeExchange) -> None:
+    with pytest.raises(CommandError) as caught:
+        streams("enable", "A010USDT", "DOGEUSDT", "A001USDT")
+    assert "DOGEUSDT: not listed on the exchange" in str(caught.value)
+    assert "A001USDT: not trading (status BREAK)" in str(caught.value)
+    assert "A010USDT:" not in str(caught.value)  # it trades: not a problem
+    assert not registry.stream_tasks().exists()
+    assert info_calls(market) == 2  # the named call failed with -1121 (it does not say which): the whole list
+
+
+def test_disable_several_and_all(market: FakeExchange) -> None:
+    registry.enable_streams([(s, "trade") for s in USDT[:6]] + [(USDT[0], "aggTrade")])
+    assert streams("disable", "A004USDT", "A005USDT") == "disabled 2 streams\n"
+    with pytest.raises(CommandError, match="no stream a039usdt@trade"):
+        streams("disable", "A000USDT", "A039USDT")
+    assert streams("disable", "--all", "--channel", "aggTrade") == "disabled a000usdt@aggTrade\n"
+    assert streams("disable", "--all") == "disabled 4 streams (3 already disabled)\n"
+    assert streams("disable", "--all") == "disabled 0 streams (7 already disabled)\n"
+    assert registry.enabled_streams() == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("enable", "BTCUSDT", "--all"), "SYMBOLs or --all, not both"),
+    (("list", "--all"), "--all is for enable and disable"),
+    (("enable", "BTCUSDT", "--quote", "USDT"), "--quote goes with `streams enable --all`"),
+    (("disable", "--all", "--quote", "USDT"), "--quote goes with `streams enable --all`"),
+    (("check", "BTCUSDT"), "takes no SYMBOL"),
+])
+def test_bad_combinations_are_refused_by_name(args: tuple[str, ...], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        streams(*args)
+
+
+def test_check_marks_enabled_symbols_that_stop_trading_and_list_and_status_show_it(
+        market: FakeExchange, caplog: pytest.LogCaptureFixture) -> None:
+    registry.enable_streams([("A010USDT", "trade"), ("A011USDT", "trade"), ("A011USDT", "aggTrade")])
+    assert streams("check") == "2 enabled symbols checked: every one trades\n"
+    market.set_status("A011USDT", "BREAK")
+    assert streams("check") == "2 enabled symbols checked; 1 not trading (kept enabled): A011USDT (BREAK)\n"
+    streams("check")
+    assert caplog.text.count("A011USDT: the exchange says BREAK") == 1  # once per change, not per check
+    assert streams("list") == ("a010usdt@trade\tenabled\na011usdt@aggTrade\tenabled\tnot trading (BREAK)\n"
+                               "a011usdt@trade\tenabled\tnot trading (BREAK)\n")
+    assert streams("status", "A011USDT", "--channel", "trade").startswith(
+        "a011usdt@trade\tenabled\tnot trading (BREAK)\tno status")
+    assert len(registry.enabled_streams()) == 3  # reported, kept enabled
+    market.set_status("A011USDT", "TRADING")
+    assert streams("check") == "2 enabled symbols checked: every one trades\n"
+    assert "A011USDT: trading again" in caplog.text and listing.not_trading() == {}
+    assert "not trading" not in streams("list")

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from streams.binance.protocol import TRADE
+from streams.binance.protocol import TRADE, Trade
 from streams.fake.exchange import FakeExchange, running_exchange
+from streams.fake.market import micros
 from streams.models import PriceUpdate
 from tests.helpers import wait_for
 from tests.workers.conftest import Beat
@@ -24,6 +25,11 @@ def stored_ids(symbol: str) -> list[int]:
                 .order_by("trade_id").values_list("trade_id", flat=True))
 
 
+def in_micros(trade: Trade) -> Trade:
+    """The record's trade as the collector gets it: the streams and REST in microseconds (issue 10)."""
+    return trade._replace(trade_ts=micros(trade.trade_ts), event_ts=micros(trade.event_ts))
+
+
 def assert_stored_run_equals_record(exchange: FakeExchange, symbol: str, at_least: int) -> None:
     rows = list(PriceUpdate.objects.filter(ticker_symbol=symbol, channel=TRADE).order_by("trade_id"))
     ids = [row.trade_id for row in rows]
@@ -33,7 +39,7 @@ def assert_stored_run_equals_record(exchange: FakeExchange, symbol: str, at_leas
     for row in rows:
         made = record[row.trade_id]
         assert (row.price, row.volume, row.trade_time, row.is_market_maker) == (
-            made.price, made.quantity, made.trade_time, made.is_buyer_maker)
+            made.price, made.quantity, in_micros(made).trade_time, made.is_buyer_maker)
 
 
 def point_at(settings: Any, exchange: FakeExchange) -> None:
