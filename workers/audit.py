@@ -2,12 +2,18 @@
 
 Binance trade ids are consecutive per symbol and channel (DESIGN.md promise 2), so a hole between two
 stored ids is a trade the pipeline lost (a Redis restart that emptied the buffer, a gap the stream
-could not heal); the audit fetches it (historicalTrades / aggTrades with fromId) and stores it.
+could not heal, rows deleted); the audit fetches it and stores it: from the archive's daily files when the
+hole is wide and its days are published (one download instead of thousands of REST calls), and from REST
+(historicalTrades / aggTrades with fromId) for the rest.
 
 A verified watermark per stream (`AuditMark`, in the database: it must survive Redis losing everything)
-says up to which id everything is known to be stored; each pass looks only above it (at most
-`COLLECTOR_AUDIT_SCAN` ids), fills what it finds, and moves the watermark up to just before the first
-hole that could not be filled. Nothing is ever left behind a window that moved on (issue 8, 3).
+says up to which id everything is known to be stored; each pass looks only above it, in slices of
+`COLLECTOR_AUDIT_SCAN` ids. A slice is first counted (one index scan: all there, nothing more to do) and
+only searched for holes when the count falls short, so clean slices are passed quickly, several a pass;
+the pass ends at the first slice with holes, filled, and the watermark moves up to just before the first
+hole that could not be filled. Nothing is ever left behind a window that moved on (issue 8, 3). Trades
+stored below the watermark's range (an archive import of older days) or a hole found below it (the
+coverage report) send it back down (`lower_watermark`), so the walk goes through them again.
 
 It also checks the live trades whose id went back (a replayed stream, an exchange reset): a replay is
 identical to what is stored; an exchange reset is not, and is logged and counted as a conflict.
@@ -17,14 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import orjson
 from django.conf import settings
 from django.db import connection
 
 from project.logs import stream_context
-from streams.binance.protocol import Trade
+from streams import queries
+from streams.binance.protocol import TRADE, Trade
 from streams.binance.rest import BinanceRest
 from streams.binance.sequence import Gap
 from streams.models import PriceUpdate
@@ -38,70 +47,143 @@ logger = logging.getLogger(__name__)
 
 AUDIT_COUNTS = f"{PREFIX}:audit"  # hash: holes, filled, unfilled, replayed, conflicts, unchecked
 _REGRESSIONS_PER_PASS = 1_000
+_PASS_SECONDS = 10.0  # clean slices counted per pass, at most this long
+_VERIFY_SCAN = 5_000_000  # ids counted at a time when verifying without filling (after an import)
+ARCHIVE_HOLE_MIN = 20_000  # a hole at least this wide, in published days, is filled from the archive first
+ARCHIVE_DAYS_PER_PASS = 7  # daily files one pass imports at most (a pass must end before the next is due)
 
-_HOLES = f"""
-SELECT prev + 1, trade_id - 1 FROM (
-    SELECT trade_id, LAG(trade_id) OVER (ORDER BY trade_id) AS prev
-    FROM {PriceUpdate._meta.db_table}
-    WHERE ticker_symbol = %s AND channel = %s AND trade_id >= %s AND trade_id <= %s
-) AS ordered
-WHERE trade_id - prev > 1
-ORDER BY 1
-"""  # noqa: S608 - the table name is the model's
+holes = queries.holes  # the audit's question, asked where the table's layout is known
 
 
-def holes(symbol: str, channel: str, start: int, end: int) -> list[Gap]:
-    """Holes between stored ids within [start, end] (a stored `start` anchors the first one)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_HOLES, [symbol, channel, start, end])
-        return [Gap(first, last) for first, last in cursor.fetchall()]
+@dataclass(frozen=True)
+class Pass:
+    holes: int = 0
+    stored: int = 0
+    verified_through: int | None = None
 
 
 def fill_holes(symbol: str, channel: str, scan: int | None = None) -> tuple[int, int]:
     """One pass over stream (symbol, channel) above its watermark: (holes found, trades stored)."""
     sid = stream_id(symbol, channel)
     with stream_context(sid):
-        return _fill_holes(sid, symbol, channel, scan or settings.COLLECTOR_AUDIT_SCAN)
+        result = _walk(sid, symbol, channel, scan or settings.COLLECTOR_AUDIT_SCAN, fill=True)
+    return result.holes, result.stored
 
 
-def _fill_holes(sid: str, symbol: str, channel: str, scan: int) -> tuple[int, int]:
-    stored_ids = PriceUpdate.objects.filter(ticker_symbol=symbol, channel=channel)
-    mark = AuditMark.objects.filter(stream=sid).values_list("verified_through", flat=True).first()
-    start = mark if mark is not None else stored_ids.order_by("trade_id").values_list("trade_id", flat=True).first()
-    if start is None:
-        return 0, 0  # nothing stored yet
-    # The slice ends at a stored id (the first one `scan` ids up, or the newest): a hole that reaches past
-    # `start + scan` is anchored on both sides and found whole.
-    ids = stored_ids.values_list("trade_id", flat=True)
-    end = ids.filter(trade_id__gte=start + scan).order_by("trade_id").first() or ids.order_by("-trade_id").first()
-    assert end is not None
-    found = holes(symbol, channel, start, end)
+def verify_stored(symbol: str, channel: str, seconds: float = 600.0) -> int | None:
+    """Move the watermark up over what is stored, counting only (no REST): up to the first hole, the newest
+    id, or `seconds`. Returns the watermark. For the archive import, which has just stored a range."""
+    sid = stream_id(symbol, channel)
+    with stream_context(sid):
+        return _walk(sid, symbol, channel, max(settings.COLLECTOR_AUDIT_SCAN, _VERIFY_SCAN), fill=False,
+                     seconds=seconds).verified_through
+
+
+def watermark(symbol: str, channel: str) -> int | None:
+    return _mark(stream_id(symbol, channel))
+
+
+def lower_watermark(symbol: str, channel: str, below: int) -> None:
+    """Ids from `below + 1` on are not verified any more (stored under the verified range, or found missing)."""
+    moved = AuditMark.objects.filter(stream=stream_id(symbol, channel), verified_through__gt=below).update(
+        verified_through=below)
+    if moved:
+        logger.info("%s: audit watermark back to %d", stream_id(symbol, channel), below)
+
+
+def _mark(sid: str) -> int | None:
+    return AuditMark.objects.filter(stream=sid).values_list("verified_through", flat=True).first()
+
+
+def _move_mark(sid: str, old: int | None, new: int) -> bool:
+    """Compare-and-set: a watermark lowered meanwhile (an import) is never raised over unverified ids."""
+    if old is None:
+        return AuditMark.objects.get_or_create(stream=sid, defaults={"verified_through": new})[1]
+    return AuditMark.objects.filter(stream=sid, verified_through=old).update(verified_through=new) == 1
+
+
+def _walk(sid: str, symbol: str, channel: str, scan: int, *, fill: bool, seconds: float = _PASS_SECONDS) -> Pass:
+    mark = _mark(sid)
+    start = mark if mark is not None else queries.first_id(symbol, channel)
+    top = queries.last_id(symbol, channel)
+    if start is None or top is None:
+        return Pass()  # nothing stored yet
+    # The highest stored id at or below `start` anchors the first slice: a hole right above it is seen.
+    anchor = queries.id_before(symbol, channel, start + 1) or start
+    deadline = time.monotonic() + seconds
+    found: list[Gap] = []
     stored = 0
-    if found:
-        logger.warning("audit found %d holes (%d trades) between ids %d and %d; filling from REST",
-                       len(found), sum(g.size for g in found), start, end)
-        stored = _fill(symbol, channel, found)
-        left = holes(symbol, channel, start, end)
-        if left:
-            logger.error("%d holes (%d trades) could not be filled yet, first %d..%d; retried next pass",
-                         len(left), sum(g.size for g in left), left[0].first, left[0].last)
-            end = left[0].first - 1
-        _count(holes=len(found), filled=stored, unfilled=sum(g.size for g in left))
-    if mark is None or end > mark:
-        AuditMark.objects.update_or_create(stream=sid, defaults={"verified_through": end})
-    return len(found), stored
+    while True:
+        # The slice ends at a stored id (the first one `scan` ids up, or the newest): a hole that reaches past
+        # `anchor + scan` is anchored on both sides and found whole.
+        end = queries.id_after(symbol, channel, anchor + scan - 1) or top
+        if queries.count_ids(symbol, channel, anchor, end) != end - anchor + 1:
+            found = holes(symbol, channel, anchor, end)
+        if found:
+            end, stored = _holes_found(symbol, channel, (anchor, end), found, fill)
+        if end > (mark if mark is not None else end - 1):
+            if not _move_mark(sid, mark, end):
+                break  # moved by someone else meanwhile (lowered by an import): next pass
+            mark = end
+        if found or end >= top or time.monotonic() > deadline:
+            break
+        anchor = end
+    return Pass(len(found), stored, mark)
+
+
+def _holes_found(symbol: str, channel: str, span: tuple[int, int], found: list[Gap], fill: bool) -> tuple[int, int]:
+    """(how far the slice `span` is verified now, trades stored) once its holes are filled, if `fill`."""
+    start, end = span
+    if not fill:
+        return found[0].first - 1, 0
+    logger.warning("audit found %d holes (%d trades) between ids %d and %d; filling them",
+                   len(found), sum(g.size for g in found), start, end)
+    stored = _fill(symbol, channel, found)
+    left = holes(symbol, channel, start, end)
+    if left:
+        logger.error("%d holes (%d trades) could not be filled yet, first %d..%d; retried next pass",
+                     len(left), sum(g.size for g in left), left[0].first, left[0].last)
+        end = left[0].first - 1
+    _count(holes=len(found), filled=stored, unfilled=sum(g.size for g in left))
+    return end, stored
 
 
 def _fill(symbol: str, channel: str, gaps: Sequence[Gap]) -> int:
+    stored = 0
+    wide = [g for g in gaps if g.size >= ARCHIVE_HOLE_MIN] if channel == TRADE else []
+    if wide:
+        stored, whole = _fill_from_archive(symbol, wide)
+        left = [h for g in gaps for h in holes(symbol, channel, g.first - 1, g.last + 1)]
+        # What the archive could not give (days not published yet, its own holes) comes from REST, unless a
+        # wide hole had more days than one pass takes: the next pass goes on with the archive.
+        gaps = left if whole else [h for h in left if h.size < ARCHIVE_HOLE_MIN]
+
     async def fetch() -> int:
-        stored = 0
-        async with BinanceRest(settings.BINANCE_REST_URL) as rest:
+        count = 0
+        async with BinanceRest(settings.BINANCE_REST_URL, micros=True) as rest:
             for gap in gaps:
                 async for page in rest.pages(symbol, channel, gap):
-                    stored += await asyncio.to_thread(_store, page)
-        return stored
+                    count += await asyncio.to_thread(_store, page)
+        return count
 
-    return asyncio.run(fetch())
+    return stored + asyncio.run(fetch())
+
+
+def _fill_from_archive(symbol: str, gaps: Sequence[Gap]) -> tuple[int, bool]:
+    """Wide holes in days whose daily files are published: those files, verified, imported again (at most
+    `ARCHIVE_DAYS_PER_PASS` of them). Returns (trades stored, whether every day of the holes was taken)."""
+    from workers.archive_import import days_of_gap, import_days
+
+    days = sorted({day for gap in gaps for day in days_of_gap(symbol, gap)})
+    stored = useful = 0
+    for index, day in enumerate(days):  # a day that adds nothing (an edge day, stored whole) is not counted
+        if useful == ARCHIVE_DAYS_PER_PASS:
+            logger.info("%s: %d more days of wide holes from the archive next pass", symbol, len(days) - index)
+            return stored, False
+        added = import_days(symbol, [day])
+        logger.info("%s: %d trades of a wide hole from the archive's file of %s", symbol, added, day)
+        stored, useful = stored + added, useful + (added > 0)
+    return stored, True
 
 
 def _store(page: list[Trade]) -> int:
@@ -154,6 +236,8 @@ def audit_counts() -> dict[str, int]:
 
 
 def audit_enabled_streams() -> dict[str, int]:
+    """Fill holes, then bring each stream's day-by-day coverage up to date (workers.coverage)."""
+    from workers.coverage import update_coverage
     from workers.registry import enabled_streams
 
     total_holes = total_stored = 0
@@ -161,5 +245,6 @@ def audit_enabled_streams() -> dict[str, int]:
         found, stored = fill_holes(symbol, channel)
         total_holes += found
         total_stored += stored
+        update_coverage(symbol, channel)
     regressions = check_regressions()
     return {"holes": total_holes, "stored": total_stored, **regressions}

@@ -194,19 +194,33 @@ class FakeExchange:
     async def _trade_forever(self) -> None:
         """Make trades at each symbol's rate by elapsed loop time, whether anyone listens or not."""
         loop = asyncio.get_running_loop()
-        started, made = loop.time(), dict.fromkeys(self.rates, 0)
+        last, owed = loop.time(), dict.fromkeys(self.rates, 0.0)
         while True:
             await asyncio.sleep(_TICK)
-            elapsed = loop.time() - started
+            now = loop.time()
+            elapsed, last = now - last, now
             for symbol, rate in self.rates.items():
                 if self.statuses[symbol] != TRADING:
-                    made[symbol] = int(rate * elapsed)  # no trades now, and no catching up when it resumes
+                    owed[symbol] = 0.0  # no trades now, and no catching up when it resumes
                     continue
-                due = int(rate * elapsed) - made[symbol]
-                if rate > 0 and due > 0:
+                owed[symbol] = owed.get(symbol, 0.0) + rate * elapsed
+                due = int(owed[symbol])
+                if due > 0:
                     trades, aggs = self.markets[symbol].make(due, _now_ms(), whole_orders=True)
-                    made[symbol] += len(trades)
+                    owed[symbol] -= len(trades)
                     self._publish(symbol, trades, aggs)
+
+    def set_rates(self, rates: Mapping[str, float]) -> None:
+        """Change the trade rates of listed symbols from now on (a quiet market that gets busy)."""
+        for symbol, rate in rates.items():
+            self._market(symbol)
+            if not isinstance(rate, int | float) or rate < 0:
+                raise ValueError(f"trade rate {rate!r} for {symbol} must be a number >= 0")
+
+        def apply() -> None:
+            self.rates.update(rates)
+
+        self._in_loop(apply)
 
     def _publish(self, symbol: str, trades: list[Trade], aggs: list[Trade], bulk: bool = False) -> None:
         self._ws.publish(f"{symbol.lower()}@trade", trades, bulk)

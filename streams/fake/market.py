@@ -87,6 +87,7 @@ class Market:
         self.symbol = symbol
         self.spec = symbol_spec(symbol)
         self._rng = random.Random(f"{seed}:{symbol}")
+        self._history_clock = random.Random(f"{seed}:{symbol}:history")
         self.first_id = self._rng.randrange(10**9, 4 * 10**9)
         self.first_agg_id = self._rng.randrange(self.first_id // 2, self.first_id)
         self.trades: list[Trade] = []
@@ -115,6 +116,24 @@ class Market:
                 self._pending.extend(self._next_order())
             fills.append(self._pending.popleft())
         return self._record(fills, now_ms)
+
+    def make_history(self, start_ms: int, end_ms: int, rate: float) -> int:
+        """Trades of the past, made before any live one: whole taker orders from `start_ms` until `end_ms`,
+        `rate` trades a second on average; returns how many. The gaps come from their own seeded RNG, so a
+        past day's trades do not depend on when the history ends; the order that would cross `end_ms` is
+        the live market's first."""
+        if self.trades:
+            raise ValueError("history comes before the first live trade")
+        if not rate > 0:
+            raise ValueError(f"history rate must be > 0 trades per second, got {rate!r}")
+        made, now = 0, float(start_ms)
+        while True:
+            fills = self._next_order()
+            now += self._history_clock.expovariate(rate / len(fills)) * 1000.0
+            if now >= end_ms:
+                self._pending.extend(fills)
+                return made
+            made += len(self._record(fills, int(now))[0])
 
     def _record(self, fills: list[Fill], now_ms: int) -> tuple[list[Trade], list[Trade]]:
         trade_ts = self._last_ms = max(now_ms, self._last_ms)  # never back in time

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import signal
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -34,6 +36,13 @@ def parse_symbols(text: str) -> dict[str, float]:
     return symbols
 
 
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-01") from None
+
+
 class Command(BaseCommand):
     help = "Run the fake Binance exchange (WebSocket streams + REST market data) on this machine."
 
@@ -58,6 +67,21 @@ class Command(BaseCommand):
             help="replays of the last 20 trades per connection per second",
         )
         parser.add_argument(
+            "--history-from",
+            type=_day,
+            default=None,
+            help="YYYY-MM-DD: trades from that day on are made at start-up (the archive serves them)",
+        )
+        parser.add_argument(
+            "--history-days",
+            type=int,
+            default=None,
+            help="as --history-from, that many days before today (UTC)",
+        )
+        parser.add_argument(
+            "--history-rate", type=float, default=0.01, help="trades per second of the history (default 0.01)"
+        )
+        parser.add_argument(
             "--rest-garbage-rate",
             type=float,
             default=0.0,
@@ -68,6 +92,11 @@ class Command(BaseCommand):
         for name in ("ws_port", "rest_port"):
             if not 0 <= options[name] <= 65535:
                 raise CommandError(f"--{name.replace('_', '-')} must be a port number 0-65535")
+        if options["history_days"] is not None:
+            if options["history_from"] is not None or not 0 < options["history_days"] <= 3660:
+                raise CommandError("--history-days: 1 to 3660 days, and not with --history-from")
+            today = datetime.now(UTC).date()
+            options["history_from"] = today - timedelta(days=options["history_days"])
         if not options["lifetime"] > 0:
             raise CommandError("--lifetime must be > 0 seconds")
         try:
@@ -86,6 +115,8 @@ class Command(BaseCommand):
                 rest_port=options["rest_port"],
                 max_lifetime=options["lifetime"],
                 faults=rates,
+                history_from=options["history_from"],
+                history_rate=options["history_rate"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None

@@ -1,0 +1,127 @@
+"""Reads of the stored trades for the audit, the completeness report, the archive import and the export.
+
+The one place (with streams.storage, which writes) that knows how trades are laid out: it uses the
+`PriceUpdate` model and the public column names of `streams_priceupdate` only (`ticker_symbol`, `channel`,
+`trade_id`, `price`, `volume`, `trade_time`, `is_market_maker`), so a new layout behind them (a view over a
+partitioned table) needs no change elsewhere. Ids are consecutive per symbol and channel, and increase
+with trade time (DESIGN.md, "The Binance protocol facts").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import BigIntegerField, Case, Count, F, Max, Min, QuerySet, Value, When, Window
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Lag, Round
+
+from streams.binance.sequence import Gap
+from streams.models import PriceUpdate
+
+# One UTC day of trades in the archive's own columns and order (id, price, qty, quoteQty, time,
+# isBuyerMaker, isBestMatch) as CSV that PostgreSQL makes itself: numeric prints the stored decimal text.
+# `time` is microseconds since the epoch divided by `divisor` (1000: the archive's milliseconds before 2025).
+# isBestMatch is not stored: Binance's spot trades all say True.
+_EXPORT_COPY = "COPY ({}) TO STDOUT (FORMAT csv)"
+_MICROS = "(extract(epoch FROM trade_time) * 1000000)::bigint / %s"
+_WINDOWS = (timedelta(days=1), timedelta(days=7), timedelta(days=31), timedelta(days=366 * 30))
+
+
+@dataclass(frozen=True)
+class Span:
+    """The trades stored in some range: how many, the lowest and highest id (None when there are none)."""
+
+    trades: int
+    first_id: int | None
+    last_id: int | None
+
+    @property
+    def consecutive(self) -> bool:
+        return self.first_id is None or self.last_id is None or self.trades == self.last_id - self.first_id + 1
+
+
+def _stream(symbol: str, channel: str) -> QuerySet[PriceUpdate]:
+    return PriceUpdate.objects.filter(ticker_symbol=symbol, channel=channel)
+
+
+def time_span(symbol: str, channel: str, start: datetime, end: datetime) -> Span:
+    """The trades with trade_time in [start, end)."""
+    row = _stream(symbol, channel).filter(trade_time__gte=start, trade_time__lt=end).aggregate(
+        n=Count("trade_id"), lo=Min("trade_id"), hi=Max("trade_id"))
+    return Span(row["n"], row["lo"], row["hi"])
+
+
+def count_ids(symbol: str, channel: str, first: int, last: int) -> int:
+    """How many ids of [first, last] are stored."""
+    return _stream(symbol, channel).filter(trade_id__gte=first, trade_id__lte=last).count()
+
+
+def holes(symbol: str, channel: str, start: int, end: int) -> list[Gap]:
+    """Holes between stored ids within [start, end] (a stored `start` anchors the first one)."""
+    rows = (_stream(symbol, channel).filter(trade_id__gte=start, trade_id__lte=end)
+            .annotate(before=Window(Lag("trade_id"), order_by=F("trade_id").asc()))
+            .filter(before__lt=F("trade_id") - 1).order_by("trade_id").values_list("before", "trade_id"))
+    return [Gap(before + 1, trade_id - 1) for before, trade_id in rows]
+
+
+def id_before(symbol: str, channel: str, trade_id: int) -> int | None:
+    """The highest stored id below `trade_id`."""
+    return _stream(symbol, channel).filter(trade_id__lt=trade_id).aggregate(top=Max("trade_id"))["top"]
+
+
+def id_after(symbol: str, channel: str, trade_id: int) -> int | None:
+    """The lowest stored id above `trade_id`."""
+    return _stream(symbol, channel).filter(trade_id__gt=trade_id).aggregate(low=Min("trade_id"))["low"]
+
+
+def first_id(symbol: str, channel: str) -> int | None:
+    return _stream(symbol, channel).aggregate(low=Min("trade_id"))["low"]
+
+
+def last_id(symbol: str, channel: str) -> int | None:
+    return _stream(symbol, channel).aggregate(top=Max("trade_id"))["top"]
+
+
+def last_id_before(symbol: str, channel: str, moment: datetime) -> int | None:
+    """The id of the last trade stored with a trade time before `moment`: the day before first, then wider
+    windows (each a range of trade time, which the layout finds without reading the rows outside it)."""
+    for window in _WINDOWS:
+        span = time_span(symbol, channel, moment - window, moment)
+        if span.last_id is not None:
+            return span.last_id
+    return None
+
+
+def first_id_from(symbol: str, channel: str, moment: datetime) -> int | None:
+    """The id of the first trade stored with a trade time at or after `moment` (windows as above)."""
+    for window in _WINDOWS:
+        span = time_span(symbol, channel, moment, moment + window)
+        if span.first_id is not None:
+            return span.first_id
+    return None
+
+
+def trade_time_of(symbol: str, channel: str, trade_id: int) -> datetime | None:
+    return _stream(symbol, channel).filter(trade_id=trade_id).values_list("trade_time", flat=True).first()
+
+
+def export_copy(symbol: str, channel: str, start: datetime, end: datetime,
+                divisor: int) -> tuple[str, tuple[Any, ...]]:
+    """The COPY statement (and its parameters) of the trades of [start, end) as archive CSV, in id order."""
+    rows = (_stream(symbol, channel).filter(trade_time__gte=start, trade_time__lt=end).order_by("trade_id")
+            .annotate(quote=Round(F("price") * F("volume"), 8),
+                      micros=RawSQL(_MICROS, (divisor,), output_field=BigIntegerField()),  # noqa: S611 - constant SQL
+                      maker=Case(When(is_market_maker=True, then=Value("True")), default=Value("False")),
+                      best=Value("True"))
+            .values_list("trade_id", "price", "volume", "quote", "micros", "maker", "best"))
+    sql, params = rows.query.sql_with_params()
+    return _EXPORT_COPY.format(sql), params
+
+
+def day_rows(symbol: str, channel: str, start: datetime, end: datetime) -> QuerySet[PriceUpdate, tuple[int, ...]]:
+    """One day's trades in id order as (trade_id, price, volume, trade_time, is_market_maker), for backends
+    without COPY (SQLite)."""
+    return (_stream(symbol, channel).filter(trade_time__gte=start, trade_time__lt=end).order_by("trade_id")
+            .values_list("trade_id", "price", "volume", "trade_time", "is_market_maker"))

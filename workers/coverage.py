@@ -1,0 +1,220 @@
+"""Completeness per symbol, channel and UTC day (issue 10, 3; DESIGN.md promise 10).
+
+For each day: the trades stored, the first and last id, the holes (id ranges) inside the day and at its
+edges, and what the archive's file said the day holds when it was imported. Ids are consecutive per
+stream, so a day is proven complete when it is over, its stored ids are consecutive (one count against
+last - first + 1), its first id follows the last one stored before it (or is the archive's first id of the
+day), and the next stored id follows its last one (or its last is the archive's last of the day). A hole at
+an edge is shown on both days it touches, unless the archive's first or last id of one of them proves it
+belongs to the other.
+
+Verdicts: `complete`; `holes` (listed); `unchecked`: the day is not over, or an edge cannot be established
+yet (the newest stored day before a later trade is stored, or the first day of a stream that began live:
+import that day from the archive to complete it).
+
+Kept up to date incrementally (`update_coverage`, after each audit pass and each import): only the days
+not final yet (not complete, or marked dirty by an import or `coverage --recheck`) are computed again,
+each from one aggregate over that day's rows and two index lookups; complete days are never scanned again.
+A hole found under the audit's verified watermark (`AuditMark`: rows deleted since it passed, an import
+under it) sends the watermark back to just before the hole, so that the audit's next pass fills it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from streams import queries
+from streams.archive import day_bounds
+from streams.binance.sequence import Gap
+from workers.audit import lower_watermark, watermark
+from workers.models import DayCoverage, Verdict
+
+logger = logging.getLogger(__name__)
+
+CALENDAR_DAYS = 35  # days the status page shows
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+def update_coverage(symbol: str, channel: str, today: date | None = None) -> int:
+    """Compute every day of the stream that is not final yet, from its first stored or imported day to
+    today; returns how many days were computed."""
+    today = today or utc_today()
+    rows = {row.day: row for row in DayCoverage.objects.filter(symbol=symbol, channel=channel)}
+    ends = [*rows, *(_day_of(symbol, channel, queries.first_id), _day_of(symbol, channel, queries.last_id))]
+    days = [d for d in ends if d is not None]
+    if not days:
+        return 0
+    mark = watermark(symbol, channel)
+    computed = 0
+    for day in _days(min(days), min(max(days), today)):  # no rows for the days after the newest trade
+        row = rows.get(day) or DayCoverage(symbol=symbol, channel=channel, day=day)
+        if row.pk is not None and row.verdict == Verdict.COMPLETE and not row.dirty:
+            continue
+        mark = _compute(row, mark, today)
+        row.save()
+        computed += 1
+    return computed
+
+
+def mark_days(symbol: str, channel: str, days: Iterable[date]) -> None:
+    """The stored rows of these days changed (an import) or are to be checked again: compute them anew."""
+    days = sorted(set(days))
+    rows = DayCoverage.objects.filter(symbol=symbol, channel=channel, day__in=days)
+    rows.update(dirty=True)
+    known = set(rows.values_list("day", flat=True))
+    DayCoverage.objects.bulk_create([DayCoverage(symbol=symbol, channel=channel, day=d) for d in days
+                                     if d not in known], ignore_conflicts=True)
+
+
+@dataclass
+class _Edges:
+    holes: list[Gap]
+    known: bool  # both edges established
+
+
+def _compute(row: DayCoverage, mark: int | None, today: date) -> int | None:
+    """Fill `row` from the table; returns the watermark (lowered if a hole lies under it)."""
+    symbol, channel = row.symbol, row.channel
+    start, end = day_bounds(row.day)
+    span = queries.time_span(symbol, channel, start, end)
+    row.trades, row.first_id, row.last_id = span.trades, span.first_id, span.last_id
+    edges = _day_edges(row, span) if span.first_id is not None else _empty_day_edges(row, start, end)
+    if edges.holes and mark is not None and edges.holes[0].first <= mark:
+        lower_watermark(symbol, channel, edges.holes[0].first - 1)
+        mark = edges.holes[0].first - 1
+    row.holes = [[g.first, g.last] for g in edges.holes]
+    if edges.holes:
+        row.verdict = Verdict.HOLES
+    elif row.day >= today or not edges.known:
+        row.verdict = Verdict.UNCHECKED
+    else:
+        row.verdict = Verdict.COMPLETE
+    row.dirty = False
+    row.checked_at = timezone.now()
+    return mark
+
+
+def _day_edges(row: DayCoverage, span: queries.Span) -> _Edges:
+    symbol, channel = row.symbol, row.channel
+    first, last = span.first_id, span.last_id
+    assert first is not None and last is not None
+    found = [] if span.consecutive else queries.holes(symbol, channel, first, last)
+    before = queries.id_before(symbol, channel, first)
+    after = queries.id_after(symbol, channel, last)
+    archive_first, archive_last = row.archive_first_id, row.archive_last_id
+    # The start edge: the archive's first id of the day, else the last trade stored before the day.
+    if archive_first is not None and archive_first >= first:
+        start_known = True
+    elif before is not None:
+        start_known = True
+        if before + 1 < first:
+            found.insert(0, Gap(before + 1, first - 1))
+    elif archive_first is not None:
+        start_known = True
+        found.insert(0, Gap(archive_first, first - 1))
+    else:
+        start_known = False
+    # The end edge: the archive's last id of the day, else the next trade stored after it.
+    if archive_last is not None and archive_last <= last:
+        end_known = True
+    elif after is not None:
+        end_known = True
+        if after > last + 1:
+            found.append(Gap(last + 1, after - 1))
+    elif archive_last is not None:
+        end_known = True
+        found.append(Gap(last + 1, archive_last))
+    else:
+        end_known = False
+    return _Edges(found, start_known and end_known)
+
+
+def _empty_day_edges(row: DayCoverage, start: datetime, end: datetime) -> _Edges:
+    """A day with nothing stored: complete only if the trades around it are consecutive (a quiet day)."""
+    before = queries.last_id_before(row.symbol, row.channel, start)
+    after = queries.first_id_from(row.symbol, row.channel, end)
+    if before is not None and after is not None:
+        return _Edges([Gap(before + 1, after - 1)] if after > before + 1 else [], True)
+    if row.archive_first_id is not None and row.archive_last_id is not None:
+        return _Edges([Gap(row.archive_first_id, row.archive_last_id)], True)
+    return _Edges([], False)
+
+
+def _day_of(symbol: str, channel: str, which: Callable[[str, str], int | None]) -> date | None:
+    """The day of the first or last stored trade (two index lookups)."""
+    trade_id = which(symbol, channel)
+    moment = queries.trade_time_of(symbol, channel, trade_id) if trade_id is not None else None
+    return moment.astimezone(UTC).date() if moment is not None else None
+
+
+def _days(first: date, last: date) -> Iterator[date]:
+    day = first
+    while day <= last:
+        yield day
+        day += timedelta(days=1)
+
+
+# --- reading it ----------------------------------------------------------------------------------
+
+
+def day_entry(row: DayCoverage) -> dict[str, Any]:
+    """One day in the JSON contract of /api/coverage/ and `coverage --json`."""
+    return {"symbol": row.symbol, "channel": row.channel, "day": row.day.isoformat(), "trades": row.trades,
+            "first_id": row.first_id, "last_id": row.last_id, "holes": [list(h) for h in row.holes],
+            "archive_count": row.archive_count, "verdict": row.verdict}
+
+
+def coverage_rows(symbol: str | None = None, channel: str | None = None, first: date | None = None,
+                  last: date | None = None) -> list[DayCoverage]:
+    rows = DayCoverage.objects.all()
+    if symbol:
+        rows = rows.filter(symbol=symbol)
+    if channel:
+        rows = rows.filter(channel=channel)
+    if first:
+        rows = rows.filter(day__gte=first)
+    if last:
+        rows = rows.filter(day__lte=last)
+    return list(rows.order_by("symbol", "channel", "day"))
+
+
+def streams_covered(symbol: str | None = None) -> list[tuple[str, str]]:
+    rows = DayCoverage.objects.filter(Q(symbol=symbol) if symbol else Q())
+    return sorted(set(rows.values_list("symbol", "channel")))
+
+
+def calendar(today: date | None = None, days: int = CALENDAR_DAYS) -> dict[str, Any]:
+    """The status page's calendar: one line per stream, one cell per day of the last `days`."""
+    today = today or utc_today()
+    columns = [today - timedelta(days=n) for n in range(days - 1, -1, -1)]
+    cells: dict[tuple[str, str], dict[date, DayCoverage]] = {}
+    for row in coverage_rows(first=columns[0], last=today):
+        cells.setdefault((row.symbol, row.channel), {})[row.day] = row
+    lines = []
+    for (symbol, channel), by_day in sorted(cells.items()):
+        lines.append({"stream": f"{symbol} {channel}", "cells": [_cell(by_day.get(day), day) for day in columns]})
+    return {"days": columns, "lines": lines}
+
+
+def _cell(row: DayCoverage | None, day: date) -> dict[str, Any]:
+    if row is None:
+        return {"day": day, "verdict": "none", "title": f"{day}: nothing stored"}
+    title = f"{day}: {row.verdict}, {row.trades} trades"
+    if row.first_id is not None:
+        title += f", ids {row.first_id}..{row.last_id}"
+    if row.archive_count is not None:
+        title += f", archive {row.archive_count}"
+    if row.holes:
+        shown = ", ".join(f"{a}..{b}" for a, b in row.holes[:10])
+        title += f"; holes {shown}" + (f" and {len(row.holes) - 10} more" if len(row.holes) > 10 else "")
+    return {"day": day, "verdict": row.verdict, "title": title}
