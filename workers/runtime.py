@@ -267,7 +267,9 @@ class Runtime:
         self.client = StreamClient(config, rest=rest, before_connect=self._take_slot)
         self.client.start()
         self._generation_stop = asyncio.Event()
-        self._broadcaster = Broadcaster([ALL_TRADES_GROUP], per_symbol=True)
+        # One group: each web process joins it once and fans the trades out to its pages by symbol
+        # (streams.livehub); a group per symbol cost one group_send per symbol and batch.
+        self._broadcaster = Broadcaster([ALL_TRADES_GROUP], per_symbol=False)
         self._sink = BufferSink(self)
         self._fence = _Fence(settings.COLLECTOR_LEASE_TTL, self._fenced)
         self._fence.arm(asyncio.get_running_loop())

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import signal
 import subprocess
@@ -24,14 +23,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import dj_database_url
-import psycopg
 import redis
 
 from streams.binance.protocol import TRADE, Trade, datetime_from_exchange
@@ -39,9 +37,17 @@ from streams.fake.exchange import FakeExchange, running_exchange
 from streams.fake.faults import FaultRates
 from streams.fake.market import micros
 from streams.fake.proxy import TcpProxy
-from streams.storage_benchmarks import postgres_url
+from workers.benchtools import (
+    ROOT,
+    PrivateRedis,
+    environment,
+    manage,
+    query,
+    rss_kib,
+    scratch_database,
+    wait_until,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = {"BTCUSDT": 60.0, "ETHUSDT": 50.0, "BNBUSDT": 40.0, "SOLUSDT": 30.0, "XRPUSDT": 15.0, "DOGEUSDT": 4.0,
            "QUIETUSDT": 0.2}  # ~200 trades/s, one symbol with a trade every 5 s
 FAULTS = FaultRates(drop=0.004, stall=0.002, garbage=0.03, shutdown=0.002, replay=0.002, rest_garbage=0.01)
@@ -111,16 +117,16 @@ def run_soak(minutes: float, say: Callable[[str], None] = print, seed: int = 1) 
     report = SoakReport(minutes)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
-        database = stack.enter_context(_scratch_database())
-        redis_server = stack.enter_context(_PrivateRedis(workdir))
+        database = stack.enter_context(scratch_database())
+        redis_server = stack.enter_context(PrivateRedis(workdir))
         ex = stack.enter_context(running_exchange(symbols=SYMBOLS, seed=seed, faults=FAULTS, max_lifetime=LIFETIME))
         target = dj_database_url.parse(database)
         proxy = TcpProxy(target["HOST"], int(target["PORT"]))
         stack.callback(proxy.close)
-        env = _environment(database, proxy.port, redis_server.url, ex)
-        _manage(env, "migrate", "--noinput", direct=database)  # the periodic tasks get TUNING's intervals
+        env = environment(database, redis_server.url, ex, TUNING, proxy_port=proxy.port)
+        manage(env, "migrate", "--noinput", direct=database)  # the periodic tasks get TUNING's intervals
         for symbol in SYMBOLS:
-            _manage(env, "streams", "enable", symbol)
+            manage(env, "streams", "enable", symbol)
         fleet = stack.enter_context(_Fleet(env, workdir, report))
         say(f"soak: {len(SYMBOLS)} symbols, ~{sum(SYMBOLS.values()):.0f} trades/s, logs in {workdir}")
         start = time.monotonic()
@@ -128,7 +134,7 @@ def run_soak(minutes: float, say: Callable[[str], None] = print, seed: int = 1) 
         def elapsed() -> float:
             return (time.monotonic() - start) / 60
 
-        _wait(lambda: _stored_everywhere(database), 120, "every symbol stored a trade")
+        wait_until(lambda: _stored_everywhere(database), 120, "every symbol stored a trade")
         events = [*CHAOS] * max(1, int(minutes // 6))
         rng.shuffle(events)
         chaos_until = minutes * 0.75
@@ -146,30 +152,13 @@ def run_soak(minutes: float, say: Callable[[str], None] = print, seed: int = 1) 
         settle_start = time.monotonic()
         last_made = {symbol: ex.record(symbol)[-1].trade_id for symbol in SYMBOLS}
         say(f"minute {elapsed():.1f}: faults stopped; waiting for every stream to catch up and every hole to heal")
-        _wait(lambda: _complete(database, last_made), SETTLE, "the database caught up with the record")
+        wait_until(lambda: _complete(database, last_made), SETTLE, "the database caught up with the record")
         report.settled_in = time.monotonic() - settle_start
         fleet.sample(elapsed())
         _compare(database, ex, last_made, report)
         report.faults.update({f"exchange {k}": v for k, v in ex.stats.faults.items()})
         report.dead_letters = int(redis.Redis.from_url(redis_server.url).get("collector:dead-letters:total") or 0)
     return report
-
-
-def _environment(database: str, proxy_port: int, redis_url: str, ex: FakeExchange) -> dict[str, str]:
-    proxied = database.replace(f":{dj_database_url.parse(database)['PORT']}/", f":{proxy_port}/")
-    return {**os.environ, **TUNING, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "project.settings",
-            "DATABASE_URL": proxied, "REDIS_URL": redis_url, "BINANCE_WS_URL": ex.ws_url,
-            "BINANCE_REST_URL": ex.rest_url, "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
-
-
-def _manage(env: dict[str, str], *args: str, direct: str | None = None) -> None:
-    run_env = {**env, "DATABASE_URL": direct} if direct else env
-    for _ in range(5):  # the exchange answers a REST page that is not JSON now and then: try again
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=run_env, capture_output=True,
-                              text=True, timeout=120, check=False)
-        if done.returncode == 0:
-            return
-    raise RuntimeError(f"manage.py {' '.join(args)} failed: {done.stderr[-2000:]}")
 
 
 class _Fleet:
@@ -218,12 +207,12 @@ class _Fleet:
                 self.report.faults[f"{name} died by itself (restarted)"] += 1
                 self.start(name)
         for name, process in self.processes.items():
-            rss = _rss_kib(process.pid)
+            rss = rss_kib(process.pid)
             if rss is not None:
                 self.report.processes[name][-1].rss_kib.append((minute, rss))
 
 
-def _chaos(event: str, fleet: _Fleet, proxy: TcpProxy, redis_server: _PrivateRedis, report: SoakReport) -> None:
+def _chaos(event: str, fleet: _Fleet, proxy: TcpProxy, redis_server: PrivateRedis, report: SoakReport) -> None:
     if event.startswith("kill "):
         fleet.kill(event.removeprefix("kill "))
     elif event == "cut postgresql":
@@ -235,82 +224,21 @@ def _chaos(event: str, fleet: _Fleet, proxy: TcpProxy, redis_server: _PrivateRed
     report.faults[event] += 1
 
 
-class _PrivateRedis:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        with contextlib.closing(__import__("socket").socket()) as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> _PrivateRedis:
-        self._start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def _start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: _pings(self.url), 10, "the private redis-server answers")
-
-    def restart_empty(self) -> None:
-        assert self.process is not None
-        self.process.kill()  # no persistence: everything it held is gone
-        self.process.wait(timeout=10)
-        self._start()
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
-@contextlib.contextmanager
-def _scratch_database() -> Iterator[str]:
-    base = dj_database_url.parse(postgres_url())
-    name = f"soak_{os.getpid()}"
-    admin = psycopg.connect(host=base["HOST"], port=base["PORT"], user=base["USER"], password=base["PASSWORD"] or None,
-                            dbname=base["NAME"], autocommit=True)
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    password = f":{base['PASSWORD']}" if base["PASSWORD"] else ""
-    try:
-        yield f"postgres://{base['USER']}{password}@{base['HOST']}:{base['PORT']}/{name}"
-    finally:
-        admin = psycopg.connect(host=base["HOST"], port=base["PORT"], user=base["USER"],
-                                password=base["PASSWORD"] or None, dbname=base["NAME"], autocommit=True)
-        with admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _query(database: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(database) as connection:
-        return connection.execute(sql, params).fetchall()
-
-
 def _stored_everywhere(database: str) -> bool:
-    rows = _query(database, "SELECT count(DISTINCT ticker_symbol) FROM streams_priceupdate")
+    rows = query(database, "SELECT count(DISTINCT ticker_symbol) FROM streams_priceupdate")
     return int(rows[0][0]) == len(SYMBOLS)
 
 
 def _complete(database: str, last_made: dict[str, int]) -> bool:
     """Every symbol stored up to its last trade made, with no hole from its first stored id."""
-    rows = _query(database, "SELECT ticker_symbol, min(trade_id), max(trade_id), count(*) FROM streams_priceupdate "
+    rows = query(database, "SELECT ticker_symbol, min(trade_id), max(trade_id), count(*) FROM streams_priceupdate "
                             "WHERE channel = %s GROUP BY ticker_symbol", TRADE)
     found = {symbol: (low, high) for symbol, low, high, _ in rows}
     for symbol, last in last_made.items():
         low, high = found.get(symbol, (0, -1))
         if high < last:
             return False
-        below = _query(database, "SELECT count(*) FROM streams_priceupdate WHERE ticker_symbol = %s AND "
+        below = query(database, "SELECT count(*) FROM streams_priceupdate WHERE ticker_symbol = %s AND "
                                  "channel = %s AND trade_id <= %s", symbol, TRADE, last)[0][0]
         if below != last - low + 1:
             return False
@@ -320,7 +248,7 @@ def _complete(database: str, last_made: dict[str, int]) -> bool:
 def _compare(database: str, ex: FakeExchange, last_made: dict[str, int], report: SoakReport) -> None:
     for symbol, last in last_made.items():
         record = {t.trade_id: t for t in ex.record(symbol) if t.trade_id <= last}
-        rows = _query(database, "SELECT trade_id, price, volume, trade_time, is_market_maker FROM "
+        rows = query(database, "SELECT trade_id, price, volume, trade_time, is_market_maker FROM "
                                 "streams_priceupdate WHERE ticker_symbol = %s AND channel = %s AND trade_id <= %s "
                                 "ORDER BY trade_id", symbol, TRADE, last)
         ids = [row[0] for row in rows]
@@ -341,19 +269,3 @@ def _same(row: tuple[Any, ...], trade: Trade | None) -> bool:
         trade.price, trade.quantity, datetime_from_exchange(micros(trade.trade_ts)), trade.is_buyer_maker)
 
 
-def _rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"soak: not within {timeout:.0f} s: {what}")
-        time.sleep(1.0)
