@@ -37,12 +37,13 @@ class Runner:
     """`await runner.pump(stop)`: from `client` into `sink` until `stop`, `limit`, or the client ends."""
 
     def __init__(self, client: StreamClient, sink: Sink, *, on_batch: Callable[[list[Trade]], None] | None = None,
-                 take: int = TAKE) -> None:
+                 take: int = TAKE, linger: float = 0.0) -> None:
         self.client = client
         self.sink = sink
         self.received = 0
         self._on_batch = on_batch
         self._take = take
+        self._linger = linger  # s to let a batch fill after its first trade: per-batch costs spread over more
 
     async def pump(self, stop: asyncio.Event, limit: int | None = None) -> None:
         """Raises what ended the client (a fatal error, a failed background task)."""
@@ -51,6 +52,9 @@ class Runner:
             batch = await unless_stopped(self.client.next_batch(want), stop)
             if isinstance(batch, Stopped) or not batch:
                 return
+            if self._linger and len(batch) < want:
+                await unless_stopped(asyncio.sleep(self._linger), stop)
+                batch += self.client.take_ready(want - len(batch))
             self.received += len(batch)
             if self._on_batch is not None:
                 self._on_batch(batch)

@@ -71,6 +71,7 @@ FINAL_HANDOVER = 3.0   # s to hand what was read to the buffer once stopping
 FINAL_REDIS = 1.0      # s for each last Redis call (statuses, lease releases)
 FENCE_AT = 0.75        # of the lease TTL after a renewal was sent: drop every connection if none confirmed since
 EVENT_EVERY = 30.0     # s between two task events of a stream whose state did not change (Flower)
+HAND_OFF_TICK = 0.05   # s a hand-off batch gathers the trades of every stream (issue 9: per process, not per trade)
 REDIS_CONNECTIONS = 16  # the runtime's own; its work is pipelined (issue 9: <= 50 Redis connections a process)
 _REGRESSIONS_KEPT = 10_000
 _STREAM_IN_FRAME = re.compile(r'"stream":"([a-z0-9]+@[A-Za-z]+)"')
@@ -298,7 +299,7 @@ class Runtime:
 
     async def _pump(self, client: StreamClient) -> None:
         assert self._sink is not None
-        runner = Runner(client, self._sink)
+        runner = Runner(client, self._sink, linger=HAND_OFF_TICK)
         try:
             await runner.pump(self._generation_stop)
         except Exception as exc:  # the client failed (logged where it happened): every stream ends

@@ -476,7 +476,7 @@ class StreamClient:
             event_ms = trade.event_ts // 1000 if trade.event_ts >= _MICROSECONDS else trade.event_ts
             stream.lag_ms = trade.received_us // 1000 - event_ms
         stream.sequencer.live(trade, role)
-        self._after(stream)
+        self._after(stream, now)
 
     def on_parse_error(self, slot: ConnectionSlot, error: ParseError) -> None:
         self.stats.parse_errors += 1
@@ -505,12 +505,12 @@ class StreamClient:
         seen = [v for v in verdicts if v is not None]
         return bool(seen) and all(seen)
 
-    def _after(self, stream: StreamState) -> None:
+    def _after(self, stream: StreamState, now: float | None = None) -> None:
         """After the sequencer took something in: hand on what is ready, fetch what is missing, say what
-        was lost."""
+        was lost. On every trade: kept to a few attribute reads when nothing unusual happened."""
         sequencer = stream.sequencer
         ready = sequencer.ready
-        now = self._clock()
+        now = self._clock() if now is None else now
         if ready != stream.counted_ready:
             self._ready_count += ready - stream.counted_ready
             stream.counted_ready = ready
@@ -521,6 +521,10 @@ class StreamClient:
             stream.held_since = stream.held_since or now
         else:
             stream.held_since = None
+        if not sequencer.has_news:
+            if sequencer.wanted is not None and stream.backfill is None:
+                stream.backfill = self._tasks.spawn(self._backfill(stream), f"backfill {stream_name(*stream.key)}")
+            return
         for trade_id, last in sequencer.went_back():
             logger.warning("%s: trade id went back: %d arrived after %d (a replayed stream or an exchange reset); "
                            "not stored again, kept for the audit (%d so far)", stream_name(*stream.key), trade_id,

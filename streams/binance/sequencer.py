@@ -243,6 +243,11 @@ class Sequencer:
         self._losses.append((gap, why))
         self.last_id = gap.last
 
+    @property
+    def has_news(self) -> bool:
+        """Ids that went back or gaps given up, not yet taken by the driver (for it to log)."""
+        return bool(self._went_back or self._losses)
+
     def went_back(self) -> list[tuple[int, int]]:
         """(id, last id) of each run of ids that went back since the last call (for the driver to log)."""
         out, self._went_back = self._went_back, []
