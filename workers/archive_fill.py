@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
-from django.conf import settings
 from django.db import connection
 
 from streams import queries
@@ -25,6 +24,7 @@ from streams.binance.protocol import TRADE, Trade
 from streams.binance.rest import PAGE_LIMIT, BinanceRest
 from streams.binance.sequence import Gap
 from streams.storage import store_trades
+from workers.budget import shared_rest
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _runs(days: list[date]) -> Iterator[tuple[date, date]]:
 
 async def _fill_run(symbol: str, start: datetime, lower: int | None, upper: int | None,
                     stop_at: datetime | None) -> int:
-    async with BinanceRest(settings.BINANCE_REST_URL, micros=True) as rest:
+    async with shared_rest(micros=True) as rest:
         end = upper - 1 if upper is not None else await rest.latest_trade_id(symbol, TRADE)
         if end is None:
             return 0

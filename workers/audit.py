@@ -34,10 +34,10 @@ from django.db import connection
 from project.logs import stream_context
 from streams import queries
 from streams.binance.protocol import TRADE, Trade
-from streams.binance.rest import BinanceRest
 from streams.binance.sequence import Gap
 from streams.models import PriceUpdate
 from streams.storage import store_trades
+from workers.budget import shared_rest
 from workers.deadletters import REFUSED, DeadLetter, dead_letter, trade_data
 from workers.keys import ID_REGRESSIONS, PREFIX, stream_id
 from workers.models import AuditMark
@@ -160,7 +160,7 @@ def _fill(symbol: str, channel: str, gaps: Sequence[Gap]) -> int:
 
     async def fetch() -> int:
         count = 0
-        async with BinanceRest(settings.BINANCE_REST_URL, micros=True) as rest:
+        async with shared_rest(micros=True) as rest:
             for gap in gaps:
                 async for page in rest.pages(symbol, channel, gap):
                     count += await asyncio.to_thread(_store, page)

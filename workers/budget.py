@@ -10,13 +10,18 @@ clocks do not matter).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import redis.asyncio
+from django.conf import settings
 
+from streams.binance.rest import BinanceRest
 from workers.keys import CONNECTION_BUDGET, REST_WEIGHT
+from workers.redis import async_redis
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +131,18 @@ class RedisWeightBudget:
 
     async def note(self, used: int) -> None:
         await self._client.eval(_NOTE_WEIGHT, 1, REST_WEIGHT, used, self._window_ms, uuid.uuid4().hex)
+
+
+@contextlib.asynccontextmanager
+async def shared_rest(rest_class: type[BinanceRest] = BinanceRest, **options: Any) -> AsyncIterator[Any]:
+    """A REST client (of `rest_class`) whose request weight counts against the budget every process shares:
+    the audit, the archive fill and the listing check draw from the same window as the streams' gap
+    healing, so all of them together stay under the exchange's limit per IP."""
+    client = async_redis(max_connections=2)
+    try:
+        budget = RedisWeightBudget(client, budget=settings.BINANCE_REST_WEIGHT_BUDGET,
+                                   window=settings.BINANCE_REST_WEIGHT_WINDOW)
+        async with rest_class(settings.BINANCE_REST_URL, budget=budget, **options) as rest:
+            yield rest
+    finally:
+        await client.aclose()

@@ -21,11 +21,11 @@ from typing import Any
 import orjson
 import redis
 from asgiref.sync import async_to_sync
-from django.conf import settings
 
 from streams.binance.errors import ParseError, RestError
 from streams.binance.protocol import normalize_symbol
 from streams.binance.rest import BinanceRest
+from workers.budget import shared_rest
 from workers.keys import PREFIX
 from workers.redis import sync_redis
 
@@ -71,7 +71,7 @@ def listing(symbols: Collection[str] | None = None) -> dict[str, Listed]:
 
 
 async def _fetch(symbols: list[str] | None) -> dict[str, Listed]:
-    async with _ExchangeInfo(settings.BINANCE_REST_URL, timeout=TIMEOUT, retries=1, max_wait=TIMEOUT) as rest:
+    async with shared_rest(_ExchangeInfo, timeout=TIMEOUT, retries=1, max_wait=TIMEOUT) as rest:
         body = None
         if symbols and len(symbols) <= NAMED_AT_MOST:
             try:

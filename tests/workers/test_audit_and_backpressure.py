@@ -12,9 +12,10 @@ from streams.fake.exchange import running_exchange
 from streams.models import PriceUpdate
 from streams.storage import store_trades
 from tests.helpers import wait_for
+from workers import listing
 from workers.audit import fill_holes, holes
 from workers.buffer import buffer_stats, flush_all
-from workers.keys import stream_id
+from workers.keys import REST_WEIGHT, stream_id
 from workers.models import AuditMark
 from workers.redis import sync_redis
 from workers.runtime import Runtime, ShutdownSignal
@@ -91,3 +92,21 @@ def test_a_full_buffer_holds_the_stream_says_so_and_loses_nothing(fast_settings:
     ids = list(PriceUpdate.objects.order_by("trade_id").values_list("trade_id", flat=True))
     assert ids == list(range(ids[0], ids[0] + len(ids)))  # no gap, no duplicate
     assert all(i in record for i in ids) and len(ids) > 300
+
+
+def weight_in_window() -> int:
+    """The REST weight the shared budget holds for the current window (workers.budget), over every process."""
+    return sum(int(member.rsplit(b":", 1)[1]) for member in sync_redis().zrange(REST_WEIGHT, 0, -1))
+
+
+def test_the_audits_rest_requests_draw_on_the_budget_the_streams_share(settings: Any, clean_redis: None) -> None:
+    # The audit healed holes with a REST client of its own, its weight unseen by the streams' shared window:
+    # 200 gaps healing while the audit ran could take the IP over the exchange's limit.
+    with running_exchange(symbols={"BTCUSDT": 0.0}, seed=72) as ex:
+        settings.BINANCE_REST_URL = ex.rest_url
+        made = ex.make_trades("BTCUSDT", 120)
+        store_trades(made[:10] + made[20:60] + made[100:])  # two holes: two historicalTrades pages
+        assert fill_holes("BTCUSDT", TRADE) == (2, 50)
+        assert weight_in_window() >= 2 * 25
+        listing.listing(["BTCUSDT"])  # the hourly listing check, exchangeInfo: 20 more
+        assert weight_in_window() >= 2 * 25 + 20
