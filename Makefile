@@ -66,7 +66,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy streams/binance streams/fake streams/archive.py streams/livewire.py project/launcher
+	$(BIN)/mypy streams/binance streams/fake streams/archive.py streams/livewire.py streams/livepage.py project/launcher
 
 # The Prometheus alert rules (workers/monitoring/): their syntax, and their unit tests (alerts.test.yml). What
 # /metrics renders goes through `promtool check metrics` in tests/workers/test_metrics.py.

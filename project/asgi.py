@@ -1,4 +1,5 @@
-"""ASGI entry point: Django for HTTP, Channels for WebSockets (origin checked against ALLOWED_HOSTS)."""
+"""ASGI entry point: Django for HTTP, Channels for WebSockets (origin checked against ALLOWED_HOSTS), and
+the lifespan that stops the live hub."""
 
 import os
 
@@ -10,9 +11,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 django_asgi_app = get_asgi_application()
 
-from streams.routing import websocket_urlpatterns  # noqa: E402 - needs Django set up first
+from streams.livehub import lifespan  # noqa: E402 - needs Django set up first
+from streams.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
     "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+    "lifespan": lifespan,  # at shutdown the live hub closes its pages and leaves the channel-layer group
 })
