@@ -44,6 +44,11 @@ class Runner:
         self._on_batch = on_batch
         self._take = take
         self._linger = linger  # s to let a batch fill after its first trade: per-batch costs spread over more
+        # Set while no batch is held between the client and the sink. A stream that stops hands on its last
+        # trades only once this is set: they are newer than any the pump holds, and a resume point moved past
+        # trades still held would leave a hole if the process died in between.
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     async def pump(self, stop: asyncio.Event, limit: int | None = None) -> None:
         """Raises what ended the client (a fatal error, a failed background task)."""
@@ -52,15 +57,19 @@ class Runner:
             batch = await unless_stopped(self.client.next_batch(want), stop)
             if isinstance(batch, Stopped) or not batch:
                 return
-            if self._linger and len(batch) < want:
-                await unless_stopped(asyncio.sleep(self._linger), stop)
-                batch += self.client.take_ready(want - len(batch))
-            self.received += len(batch)
-            if self._on_batch is not None:
-                self._on_batch(batch)
-            if await unless_stopped(self.sink.write(batch), stop) is STOPPED:
-                self.sink.keep(batch)  # stopping: past the bound; close() writes them or says so
-                return
+            self.idle.clear()
+            try:
+                if self._linger and len(batch) < want:
+                    await unless_stopped(asyncio.sleep(self._linger), stop)
+                    batch += self.client.take_ready(want - len(batch))
+                self.received += len(batch)
+                if self._on_batch is not None:
+                    self._on_batch(batch)
+                if await unless_stopped(self.sink.write(batch), stop) is STOPPED:
+                    self.sink.keep(batch)  # stopping: past the bound; close() writes them or says so
+                    return
+            finally:
+                self.idle.set()
 
     def keep_what_was_read(self) -> int:
         """Everything already read from the sockets goes to the sink too (DESIGN.md promise 7)."""

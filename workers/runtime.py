@@ -168,6 +168,8 @@ class Runtime:
         self._redis: redis.asyncio.Redis | None = None
         self._broadcaster: Broadcaster | None = None
         self._sink: BufferSink | None = None
+        self._runner: Runner | None = None            # the current generation's pump
+        self._pump_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._finishing: set[asyncio.Task[None]] = set()  # stream ends and generation stops under way
         self._generation_stop = asyncio.Event()
@@ -272,10 +274,11 @@ class Runtime:
         # (streams.livehub); a group per symbol cost one group_send per symbol and batch.
         self._broadcaster = Broadcaster([ALL_TRADES_GROUP], per_symbol=False)
         self._sink = BufferSink(self)
+        self._runner = Runner(self.client, self._sink, linger=HAND_OFF_TICK)
         self._fence = _Fence(settings.COLLECTOR_LEASE_TTL, self._fenced)
         self._fence.arm(asyncio.get_running_loop())
         self._broadcaster.start(self._spawn)
-        self._spawn(self._pump(self.client), "pump")
+        self._pump_task = self._spawn(self._pump(self._runner), "pump")
         self._spawn(self._heartbeat(), "heartbeat")
         return self.client
 
@@ -297,9 +300,7 @@ class Runtime:
                      describe(error), exc_info=error)
         self._end_generation(error)
 
-    async def _pump(self, client: StreamClient) -> None:
-        assert self._sink is not None
-        runner = Runner(client, self._sink, linger=HAND_OFF_TICK)
+    async def _pump(self, runner: Runner) -> None:
         try:
             await runner.pump(self._generation_stop)
         except Exception as exc:  # the client failed (logged where it happened): every stream ends
@@ -532,17 +533,24 @@ class Runtime:
         if client is not None and self._sink is not None:
             self._sink.keep(client.take_stream(handle.key))
             client.remove(*handle.key)
-        self._keep(self._finish(handle), f"finish {handle.sid}")
+        self._keep(self._finish(handle, self._runner), f"finish {handle.sid}")
 
     def _keep(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
-    async def _finish(self, handle: _Handle) -> None:
+    async def _finish(self, handle: _Handle, runner: Runner | None) -> None:
         try:
             if self._sink is not None and self._sink.pending_for(handle.sid):
-                await self._sink.close(FINAL_HANDOVER)
+                # In order: the older trades of the stream that the pump may hold go first, so that its resume
+                # point never passes a trade not handed on yet.
+                if await _settled(runner, FINAL_HANDOVER):
+                    await self._sink.close(FINAL_HANDOVER)
+                else:
+                    dropped = self._sink.drop(handle.sid)
+                    logger.error("the hand-off did not settle within %.0f s; %d trades read last are left for the "
+                                 "next task to fetch again", FINAL_HANDOVER, dropped)
             await self._report(handle, "failed" if handle.failure else "stopped")
             if handle.failure is not None:
                 await self._record_failure(handle)
@@ -568,7 +576,7 @@ class Runtime:
         connections close (STOP_GRACE), what was read is handed on (FINAL_HANDOVER), the leases are
         released (FINAL_REDIS). The next stream task starts a new client."""
         client, self.client = self.client, None
-        sink, broadcaster = self._sink, self._broadcaster
+        sink, broadcaster, pump = self._sink, self._broadcaster, self._pump_task
         handles = [h for h in self.handles.values() if not h.stopping]
         for handle in handles:
             handle.stopping = True
@@ -577,16 +585,17 @@ class Runtime:
         if self._fence is not None:
             self._fence.disarm()
         if client is not None or handles:
-            self._keep(self._stop_generation(client, sink, broadcaster, handles), "stop all")
+            self._keep(self._stop_generation(client, sink, broadcaster, handles, pump), "stop all")
 
     async def _stop_generation(self, client: StreamClient | None, sink: BufferSink | None,
-                               broadcaster: Broadcaster | None, handles: list[_Handle]) -> None:
+                               broadcaster: Broadcaster | None, handles: list[_Handle],
+                               pump: asyncio.Task[None] | None) -> None:
         if handles:
             logger.info("stopping %d streams: %s", len(handles), handles[0].reason)
         if client is not None:
             await client.stop(timeout=STOP_GRACE)
             if sink is not None:
-                sink.keep(client.take_ready(10**9))
+                await _keep_the_rest(client, sink, pump)
             with contextlib.suppress(Exception):  # closing an HTTP pool: nothing to save
                 await client.rest.aclose()
         if sink is not None:
@@ -649,6 +658,12 @@ class BufferSink:
     def keep(self, trades: list[Trade]) -> None:
         self.pending += trades
 
+    def drop(self, sid: str) -> int:
+        """Forget the kept trades of one stream (its resume point was not moved past them)."""
+        kept = [t for t in self.pending if f"{t.symbol.lower()}@{t.channel}" != sid]
+        dropped, self.pending = len(self.pending) - len(kept), kept
+        return dropped
+
     def pending_for(self, sid: str) -> bool:
         return any(f"{t.symbol.lower()}@{t.channel}" == sid for t in self.pending)
 
@@ -662,6 +677,31 @@ class BufferSink:
         except TimeoutError:
             return len(pending)
         return 0
+
+
+async def _keep_the_rest(client: StreamClient, sink: BufferSink, pump: asyncio.Task[None] | None) -> None:
+    """What the stopped client still has goes after the batch the pump holds: the pump keeps that one and
+    ends first, so that no resume point passes a trade not handed on yet."""
+    if pump is not None:
+        await asyncio.wait({pump}, timeout=FINAL_HANDOVER)
+        if not pump.done():  # it never gets here (the pump's waits end at the stop); if it did: fetch again
+            logger.error("the pump did not end within %.0f s; the trades read last are left for the next tasks "
+                         "to fetch again", FINAL_HANDOVER)
+            sink.pending.clear()
+            return
+    sink.keep(client.take_ready(10**9))
+
+
+async def _settled(runner: Runner | None, timeout: float) -> bool:
+    """Until the pump holds no batch (True), or `timeout` passed (False)."""
+    if runner is None or runner.idle.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await runner.idle.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 @functools.cache

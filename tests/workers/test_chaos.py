@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,9 +27,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 SYMBOLS = {"BTCUSDT": 90.0, "ETHUSDT": 80.0, "BNBUSDT": 70.0, "SOLUSDT": 60.0}  # 300 trades/s in all
 # Per connection: the four streams share two connections (two each), so the rates are per pair.
 FAULTS = FaultRates(drop=0.08, stall=0.04, garbage=1.0, shutdown=0.02, replay=0.02)
+SHARED_AND_ROTATING = {"BINANCE_ROTATE_AFTER": "12", "BINANCE_STREAMS_PER_CONNECTION": "2"}
 
 
-def test_a_minute_of_chaos_leaves_the_database_equal_to_the_record(fast_settings: Any, clean_redis: None) -> None:
+def test_a_minute_of_chaos_leaves_the_database_equal_to_the_record(fast_settings: Any, clean_redis: None,
+                                                                  tmp_path: Path) -> None:
     seconds = float(os.environ.get("CHAOS_SECONDS", "60"))
     clock = threading.Event()
     with running_exchange(symbols=SYMBOLS, seed=61, faults=FAULTS, max_lifetime=15.0) as ex:
@@ -37,12 +40,12 @@ def test_a_minute_of_chaos_leaves_the_database_equal_to_the_record(fast_settings
             enable_stream(symbol, TRADE)
         with Beat():
             # Rotation before the 15 s lifetime on one worker; drops, stalls, garbage, shutdown notices throughout.
-            with celery_worker(ex, "first", BINANCE_ROTATE_AFTER="12", BINANCE_STREAMS_PER_CONNECTION="2") as first:
+            with celery_worker(ex, "first", log=tmp_path / "first.log", **SHARED_AND_ROTATING) as first:
                 wait_for(lambda: all(len(stored_ids(s)) >= 50 for s in SYMBOLS), timeout=60)
                 clock.wait(seconds / 2)
                 first.send_signal(signal.SIGTERM)  # the worker restart
                 first.wait(timeout=30)
-            with celery_worker(ex, "second", BINANCE_ROTATE_AFTER="12", BINANCE_STREAMS_PER_CONNECTION="2"):
+            with celery_worker(ex, "second", log=tmp_path / "second.log", **SHARED_AND_ROTATING):
                 clock.wait(seconds / 2)
                 for symbol in SYMBOLS:
                     disable_stream(symbol, TRADE)
