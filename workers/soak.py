@@ -105,8 +105,16 @@ class SoakReport:
                     continue
                 warm = next(((m, kib) for m, kib in samples if m >= life.started + 1), samples[-1])
                 end = samples[-1]
-                out.append(f"  RSS {name} #{i + 1} (from minute {life.started:.1f}): {warm[1] / 1024:.1f} MiB at "
-                           f"minute {warm[0]:.1f}, {end[1] / 1024:.1f} MiB at minute {end[0]:.1f}")
+                line = (f"  RSS {name} #{i + 1} (from minute {life.started:.1f}): {warm[1] / 1024:.1f} MiB at "
+                        f"minute {warm[0]:.1f}, {end[1] / 1024:.1f} MiB at minute {end[0]:.1f}")
+                if end[0] - warm[0] >= 10:  # a long life: its course, every 5 minutes, to tell growth from warm-up
+                    course, mark = [], warm[0]
+                    for minute, kib in samples:
+                        if minute >= mark:
+                            course.append(f"{kib / 1024:.0f}")
+                            mark = minute + 5
+                    line += f" (every 5 min: {', '.join(course)} MiB)"
+                out.append(line)
         return out
 
 
