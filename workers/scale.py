@@ -7,8 +7,8 @@ them (production's settings), a scratch PostgreSQL database and a private Redis.
 - a busy market (`--rate` trades/s over all symbols): CPU per trade in `streams`, and the database equal to
   the exchange's record for every stream;
 - a burst (`--burst` trades made at once over 10 symbols): exchange -> streams -> Redis -> flush ->
-  PostgreSQL, trades/s until the last one is committed, with the flush alone (Redis -> PostgreSQL) measured
-  on the same trades as the baseline.
+  PostgreSQL, trades/s until the last one is committed (the flush path alone is measured by `--only storage`);
+- a stop: SIGTERM to the streams worker while every exchange connection is silent, until it exits.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from streams.binance.protocol import TRADE
 from streams.fake.exchange import FakeExchange, running_exchange
 from workers.benchtools import (
@@ -38,6 +40,7 @@ from workers.benchtools import (
     scratch_database,
     wait_until,
 )
+from workers.keys import PREFIX
 
 QUIET_SECONDS = 60.0
 BUSY_SECONDS = 60.0
@@ -87,7 +90,26 @@ def run_scale(streams: int, rate: float, burst: int, say: Callable[[str], None] 
         run = _Run(ex, symbols, database, processes, report, say)
         _busy(run, rate)
         _burst(run, burst)
+        _sigterm(ex, processes["streams"], redis_server.url, streams, report)
     return report
+
+
+def _sigterm(ex: FakeExchange, process: subprocess.Popen[bytes], redis_url: str, streams: int,
+             report: ScaleReport) -> None:
+    """SIGTERM to the streams worker while every exchange connection has gone silent both ways (it reads
+    nothing, answers no ping and no close frame): the worst case for a stop (issue 8: within 15 s)."""
+    ex.inject("stall")  # every connection, no end
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        report.add("SIGTERM to the streams worker, exchange silent: still running after 120 s (aim: 15 s)")
+        return
+    seconds = time.monotonic() - started
+    leases = len(redis.Redis.from_url(redis_url).keys(f"{PREFIX}:lease:*"))
+    report.add(f"SIGTERM to the streams worker with {streams} streams, every exchange connection silent: exited "
+               f"in {seconds:.1f} s with exit code {process.returncode}, {leases} leases left (aim: 15 s, 0)")
 
 
 @contextlib.contextmanager
