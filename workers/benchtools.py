@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -23,14 +24,19 @@ from streams.storage_benchmarks import postgres_url
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_SECRET_KEY = secrets.token_urlsafe(50)
+
+
 def environment(database: str, redis_url: str, ex: FakeExchange, tuning: dict[str, str],
                 proxy_port: int | None = None) -> dict[str, str]:
     """The environment of the project's processes for a run (the database through a proxy, if given)."""
     if proxy_port is not None:
         database = database.replace(f":{dj_database_url.parse(database)['PORT']}/", f":{proxy_port}/")
-    return {**os.environ, **tuning, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "project.settings",
-            "DATABASE_URL": database, "REDIS_URL": redis_url, "BINANCE_WS_URL": ex.ws_url,
-            "BINANCE_REST_URL": ex.rest_url, "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+    # DEBUG off, as in production (a strong key is then required; the processes serve no page).
+    return {**os.environ, **tuning, "DEBUG": "0", "SECRET_KEY": _SECRET_KEY,
+            "DJANGO_SETTINGS_MODULE": "project.settings", "DATABASE_URL": database, "REDIS_URL": redis_url,
+            "BINANCE_WS_URL": ex.ws_url, "BINANCE_REST_URL": ex.rest_url, "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1"}
 
 
 def manage(env: dict[str, str], *args: str, direct: str | None = None) -> None:
