@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import logging
 import re
 import threading
@@ -704,12 +703,21 @@ async def _settled(runner: Runner | None, timeout: float) -> bool:
     return True
 
 
-@functools.cache
-def runtime() -> Runtime:
-    """This process's runtime (started on the first stream task)."""
-    from workers.tasks import SHUTDOWN
+_RUNTIME: Runtime | None = None
+_RUNTIME_LOCK = threading.Lock()
 
-    return Runtime(SHUTDOWN)
+
+def runtime() -> Runtime:
+    """This process's runtime, made by the first stream task. Under a lock: the threads pool starts many
+    stream tasks in the same instant, and `functools.cache` let each of them make a runtime of its own
+    (a loop, a client and connections each)."""
+    global _RUNTIME  # noqa: PLW0603 - the process's one runtime
+    with _RUNTIME_LOCK:
+        if _RUNTIME is None:
+            from workers.tasks import SHUTDOWN
+
+            _RUNTIME = Runtime(SHUTDOWN)
+        return _RUNTIME
 
 
 class _Fence:

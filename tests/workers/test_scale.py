@@ -9,6 +9,9 @@ after a drop stays within the budget (the fake exchange answers 429 past its lim
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -43,6 +46,7 @@ async def test_the_rest_weight_budget_is_shared_and_waits_for_the_next_window(cl
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
+ROOT = Path(__file__).resolve().parents[2]
 MANY = [f"S{i:03d}USDT" for i in range(120)]
 # The tests' usual 2 s lease is too short for 150 streams starting at once on 2 busy cores: the fence
 # (3/4 of it) would rightly drop every connection while the loop is busy starting them.
@@ -102,12 +106,12 @@ def test_many_streams_on_shared_connections_store_the_record_through_drops_rotat
 
 
 def test_a_stream_disabled_on_a_shared_connection_is_unsubscribed_without_touching_the_others(
-        fast_settings: Any, clean_redis: None) -> None:
+        fast_settings: Any, clean_redis: None, tmp_path: Path) -> None:
     symbols = MANY[:6]
     with running_exchange(symbols=dict.fromkeys(symbols, 5.0), seed=102) as ex:
         fast_settings.BINANCE_WS_URL, fast_settings.BINANCE_REST_URL = ex.ws_url, ex.rest_url
         enable_all(symbols)
-        with Beat(), celery_worker(ex, "both", **SCALE_TIMING):
+        with Beat(), celery_worker(ex, "both", log=tmp_path / "both.log", **SCALE_TIMING):
             wait_for(lambda: all_connected(ex, symbols), timeout=60)
             opened = ex.stats.connection_attempts
             disable_stream(symbols[0], TRADE)
@@ -151,3 +155,27 @@ def test_two_streams_workers_share_the_streams_with_one_owner_each(fast_settings
     assert {h.split("@", 1)[0] for h in hosts} == {"one", "two"}  # both workers host streams
     for symbol in symbols:
         assert_stored_run_equals_record(ex, symbol, 3)
+
+
+def test_the_pool_threads_starting_at_once_share_one_runtime(tmp_path: Path) -> None:
+    # Seen as two connections for six streams: the threads pool started six stream tasks in the same
+    # instant, and `functools.cache` let two of them make a runtime each (two loops, two clients).
+    script = tmp_path / "race.py"
+    script.write_text(
+        "import threading, django\n"
+        "django.setup()\n"
+        "from workers import runtime as module\n"
+        "start = threading.Barrier(12)\n"
+        "got = []\n"
+        "def task():\n"
+        "    start.wait()\n"
+        "    got.append(module.runtime())\n"
+        "threads = [threading.Thread(target=task) for _ in range(12)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print(len({id(r) for r in got}))\n"
+        "import os; os._exit(0)\n")  # the runtimes' loop threads are not the point here
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "DEBUG": "1", "PYTHONPATH": str(ROOT)}
+    runs = [subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60, check=True).stdout.strip() for _ in range(5)]
+    assert runs == ["1"] * 5
