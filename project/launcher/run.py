@@ -70,7 +70,8 @@ def start(profile: Profile, env: Mapping[str, str], runner: Runner) -> int:
     with contextlib.ExitStack() as stack:
         if redis_state(url, profile.private_redis).start_private:
             stack.callback(runner.output.system, "stopped the private Redis")  # runs after it has stopped
-            folder = stack.enter_context(private_redis(redis_target(url)))
+            folder = stack.enter_context(private_redis(
+                redis_target(url), say=lambda text: runner.output.system(text, loud=True)))
             runner.output.system(f"Redis was not running at {redis_target(url).url}: started a private one "
                                  f"(append-only; data and log in {folder}/); it stops with make {profile.name}")
         if not setup(env):

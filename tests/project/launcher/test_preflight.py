@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from django.conf import settings
 from project.launcher.preflight import database_problem, machine_problems, redis_state, redis_target, venv_problem
 from project.launcher.private_redis import private_redis
 from project.launcher.profiles import RUN, TESTS
+from tests.helpers import wait_for
 from tests.project.launcher.helpers import free_port
 
 INSTALLED = lambda name: f"/usr/bin/{name}"  # noqa: E731 - a `which` that finds everything
@@ -125,3 +128,29 @@ def test_every_missing_part_gets_its_own_line(tmp_path: Path) -> None:
     assert [line.split(":")[0] for line in problems] == ["Redis", "PostgreSQL", "Flower"]
     assert machine_problems(TESTS, {"REDIS_URL": settings.REDIS_URL, "DATABASE_URL": f"sqlite:///{tmp_path}/x"},
                             {}) == []
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed")
+def test_the_private_redis_comes_back_when_it_dies_while_make_run_runs(tmp_path: Path) -> None:
+    # make run started it and watched only the Procfile's processes: a redis-server killed (the OOM killer,
+    # a stray kill) left every process retrying its connection for as long as make run ran.
+    port = free_port()
+    said: list[str] = []
+    with private_redis(redis_target(f"redis://127.0.0.1:{port}/0"), state_dir=tmp_path, say=said.append):
+        client = redis.Redis(port=port)
+        first = client.info("server")["process_id"]
+        client.xadd("buffer", {"trade": "1"})
+        client.execute_command("BGREWRITEAOF")  # on disk now, not within the next second
+        wait_for(lambda: client.info("persistence")["aof_rewrite_in_progress"] == 0, timeout=10)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: _answers(client) and client.info("server")["process_id"] != first, timeout=20)
+        assert client.xlen("buffer") == 1  # the append-only file brought the buffer back
+        client.close()
+    assert any("the private Redis exited (exit code -9, SIGKILL); started it again" in line for line in said), said
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
