@@ -8,7 +8,7 @@ PYTHON ?= $(shell for p in /usr/bin/python3.11 python3.11 python3; do command -v
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-CHART := streams/static/streams/vendor/lightweight-charts.standalone.production.js
+CHART := web/static/web/vendor/lightweight-charts.standalone.production.js
 # What `check` looks for: --demo for make demo, --tests for make test.
 PROFILE :=
 # More options for project.launcher.run and its checks (the tests give another Procfile and env file).
@@ -49,14 +49,14 @@ demo: check $(STAMP) $(CHART)
 manage: $(STAMP)
 	$(MANAGE) $(ARGS)
 
-# The live page's chart library (TradingView's lightweight-charts, pinned by streams/package-lock.json): npm ci,
+# The live page's chart library (TradingView's lightweight-charts, pinned by web/package-lock.json): npm ci,
 # then its standalone build copied into the static files; nothing is loaded from the internet at run time.
-$(CHART): streams/package.json streams/package-lock.json
+$(CHART): web/package.json web/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "npm: not found (the live page's chart is built with it):" \
 		"sudo apt-get install nodejs npm" >&2; exit 1; }
-	cd streams && npm ci --no-audit --no-fund --loglevel=error
+	cd web && npm ci --no-audit --no-fund --loglevel=error
 	mkdir -p $(@D)
-	cp streams/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js $@
+	cp web/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js $@
 
 setup: $(STAMP) $(CHART)
 	$(MANAGE) migrate --noinput
@@ -66,7 +66,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy streams/binance streams/fake streams/archive.py streams/livewire.py streams/livepage.py project/launcher
+	$(BIN)/mypy streams/binance streams/fake streams/archive.py web/live/wire.py web/live/page.py project/launcher
 
 # The Prometheus alert rules (workers/monitoring/): their syntax, and their unit tests (alerts.test.yml). What
 # /metrics renders goes through `promtool check metrics` in tests/workers/test_metrics.py.
@@ -87,4 +87,4 @@ fake-exchange: setup
 	$(MANAGE) fake_exchange --ws-port 9443 --rest-port 9444 --symbols btcusdt:50,ethusdt:20
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache streams/node_modules $(CHART)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/node_modules $(CHART)

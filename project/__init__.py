@@ -1,1 +1,1 @@
-"""The Django project: settings, URLs, ASGI, the Celery app (project.celery) and the launcher (make run)."""
+"""The Django project: settings, environment readers, logging, the Celery app and the launcher (make run)."""

@@ -7,7 +7,7 @@ import re
 
 from django.core.exceptions import ImproperlyConfigured
 
-from streams.inputs import endpoint_url
+from streams.binance.inputs import endpoint_url
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -63,7 +63,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
-    """A base URL with one of `schemes` (streams.inputs.endpoint_url: a host, a valid port, no credentials)."""
+    """A base URL with one of `schemes` (streams.binance.inputs.endpoint_url: a host, a valid port, no credentials)."""
     try:
         return endpoint_url(os.environ.get(name, default), schemes)
     except ValueError as exc:

@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "streams",
     "workers",
+    "web",
+    "benchmarks",
 ]
 
 MIDDLEWARE = [
@@ -55,9 +57,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-ROOT_URLCONF = "project.urls"
+ROOT_URLCONF = "web.urls"
 WSGI_APPLICATION = None
-ASGI_APPLICATION = "project.asgi.application"
+ASGI_APPLICATION = "web.asgi.application"
 
 TEMPLATES = [
     {
@@ -90,7 +92,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True  # serve from the apps' static folders too, without collectstatic in development
 LIVE_PAGE_TRADES = env_int("LIVE_PAGE_TRADES", 200, minimum=1)  # latest trades the live page opens with
-# The live feed (streams/livehub.py, README "The live page at scale"): one channel-layer member per web process
+# The live feed (web/live/hub.py, README "The live page at scale"): one channel-layer member per web process
 # fans the trades out to its pages.
 LIVE_MAX_CONNECTIONS = env_int("LIVE_MAX_CONNECTIONS", 2500, minimum=1)  # pages per web process; more: 1013
 LIVE_MAX_FRAME = env_int("LIVE_MAX_FRAME", 4096, minimum=125)  # bytes a page may send in a frame (also uvicorn's)
@@ -131,7 +133,7 @@ AXES_COOLOFF_TIME = timedelta(seconds=env_float("LOGIN_COOLOFF", 900.0, minimum=
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False  # no "AXES: BEGIN" line from every process; failures and lockouts are still logged
-# Internal pages (project/access.py): /status/, /api/streams/ and /metrics need a staff login or
+# Internal pages (web/access.py): /status/, /api/streams/ and /metrics need a staff login or
 # `Authorization: Bearer $METRICS_TOKEN`; STATUS_PUBLIC=1 opens /status/ and /api/streams/ (a trusted network).
 METRICS_TOKEN = env_secret("METRICS_TOKEN", "", min_length=32)
 STATUS_PUBLIC = env_bool("STATUS_PUBLIC", False)

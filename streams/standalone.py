@@ -19,10 +19,10 @@ import orjson
 
 from streams.binance.client import ClientConfig, StreamClient
 from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
+from streams.binance.inputs import HTTP_SCHEMES, WS_SCHEMES, endpoint_url, seconds, whole_number
 from streams.binance.protocol import Trade, normalize_channel, normalize_symbol
 from streams.binance.rest import BinanceRest
 from streams.binance.waiting import Stopped, unless_stopped
-from streams.inputs import HTTP_SCHEMES, WS_SCHEMES, endpoint_url, seconds, whole_number
 
 logger = logging.getLogger("streams.standalone")
 

@@ -14,18 +14,16 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("streams", "workers", "project")
+PACKAGES = ("streams", "workers", "project", "web", "benchmarks")
 FRAMEWORKS = ("django", "channels", "channels_redis", "celery", "django_celery_beat")
 
 # (layer, module patterns); a module takes the first layer whose pattern matches (`streams.binance` is a
 # namespace package: its name alone is what `from streams.binance import client` imports).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("tools", ("*benchmark*", "*.benchtools", "workers.scale", "workers.soak", "streams.live_baseline",
-               "*.management.commands.*", "project.launcher*", "streams.webprocess")),
-    ("core", ("streams.binance", "streams.binance.*", "streams.inputs")),
+    ("tools", ("benchmarks", "benchmarks.*", "*.management.commands.*", "project.launcher*")),
+    ("core", ("streams.binance", "streams.binance.*")),
     ("fake", ("streams.fake", "streams.fake.*")),
-    ("web", ("streams.views", "streams.consumers", "streams.routing", "streams.livehub", "streams.livestate",
-             "workers.views", "project.urls", "project.asgi", "project.access")),
+    ("web", ("web", "web.*")),
     ("collection", ("workers", "workers.*")),
     ("data", ("streams", "streams.*", "project", "project.*")),
 ]

@@ -270,7 +270,7 @@ class Runtime:
         self.client.start()
         self._generation_stop = asyncio.Event()
         # One group: each web process joins it once and fans the trades out to its pages by symbol
-        # (streams.livehub); a group per symbol cost one group_send per symbol and batch.
+        # (web.live.hub); a group per symbol cost one group_send per symbol and batch.
         self._broadcaster = Broadcaster([ALL_TRADES_GROUP], per_symbol=False)
         self._sink = BufferSink(self)
         self._runner = Runner(self.client, self._sink, linger=HAND_OFF_TICK)

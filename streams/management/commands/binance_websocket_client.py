@@ -15,13 +15,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from project.logs import stream_context
 from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
+from streams.binance.inputs import seconds, whole_number
 from streams.binance.protocol import normalize_channel, normalize_symbol, stream_name
 from streams.binance.rest import BinanceRest
 from streams.binance.supervision import TaskFailed
 from streams.collector import Progress, collect_to_database
 from streams.config import client_config
 from streams.failures import describe
-from streams.inputs import seconds, whole_number
 
 logger = logging.getLogger(__name__)
 
