@@ -348,8 +348,8 @@ def import_range(symbols: Iterable[str], first: date, last: date, *, daily_only:
     """Import the days `first`..`last` of each symbol, fill what the archive lacks from REST, then verify
     the stored range (the audit's watermark) and bring the completeness report up to date."""
     from workers.archive_fill import fill_missing_days
-    from workers.audit import lower_watermark, verify_stored
     from workers.coverage import mark_days, update_coverage
+    from workers.watermark import lower_watermark, verify_stored
 
     started = time.monotonic()
     today = datetime.now(UTC).date()

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import orjson
 from django.conf import settings
@@ -37,105 +35,34 @@ from streams.binance.protocol import TRADE, Trade
 from streams.binance.sequence import Gap
 from streams.models import PriceUpdate
 from streams.storage import store_trades
+from workers.archive_import import days_of_gap, import_days
 from workers.budget import shared_rest
 from workers.deadletters import REFUSED, DeadLetter, dead_letter, trade_data
 from workers.keys import ID_REGRESSIONS, PREFIX, stream_id
-from workers.models import AuditMark
 from workers.redis import sync_redis
+from workers.watermark import walk
 
 logger = logging.getLogger(__name__)
 
 AUDIT_COUNTS = f"{PREFIX}:audit"  # hash: holes, filled, unfilled, replayed, conflicts, unchecked
 _REGRESSIONS_PER_PASS = 1_000
-_PASS_SECONDS = 10.0  # clean slices counted per pass, at most this long
-_VERIFY_SCAN = 5_000_000  # ids counted at a time when verifying without filling (after an import)
 ARCHIVE_HOLE_MIN = 20_000  # a hole at least this wide, in published days, is filled from the archive first
 ARCHIVE_DAYS_PER_PASS = 7  # daily files one pass imports at most (a pass must end before the next is due)
 
 holes = queries.holes  # the audit's question, asked where the table's layout is known
 
 
-@dataclass(frozen=True)
-class Pass:
-    holes: int = 0
-    stored: int = 0
-    verified_through: int | None = None
-
-
 def fill_holes(symbol: str, channel: str, scan: int | None = None) -> tuple[int, int]:
     """One pass over stream (symbol, channel) above its watermark: (holes found, trades stored)."""
     sid = stream_id(symbol, channel)
     with stream_context(sid):
-        result = _walk(sid, symbol, channel, scan or settings.COLLECTOR_AUDIT_SCAN, fill=True)
+        result = walk(sid, symbol, channel, scan or settings.COLLECTOR_AUDIT_SCAN, on_holes=_holes_found)
     return result.holes, result.stored
 
 
-def verify_stored(symbol: str, channel: str, seconds: float = 600.0) -> int | None:
-    """Move the watermark up over what is stored, counting only (no REST): up to the first hole, the newest
-    id, or `seconds`. Returns the watermark. For the archive import, which has just stored a range."""
-    sid = stream_id(symbol, channel)
-    with stream_context(sid):
-        return _walk(sid, symbol, channel, max(settings.COLLECTOR_AUDIT_SCAN, _VERIFY_SCAN), fill=False,
-                     seconds=seconds).verified_through
-
-
-def watermark(symbol: str, channel: str) -> int | None:
-    return _mark(stream_id(symbol, channel))
-
-
-def lower_watermark(symbol: str, channel: str, below: int) -> None:
-    """Ids from `below + 1` on are not verified any more (stored under the verified range, or found missing)."""
-    moved = AuditMark.objects.filter(stream=stream_id(symbol, channel), verified_through__gt=below).update(
-        verified_through=below)
-    if moved:
-        logger.info("%s: audit watermark back to %d", stream_id(symbol, channel), below)
-
-
-def _mark(sid: str) -> int | None:
-    return AuditMark.objects.filter(stream=sid).values_list("verified_through", flat=True).first()
-
-
-def _move_mark(sid: str, old: int | None, new: int) -> bool:
-    """Compare-and-set: a watermark lowered meanwhile (an import) is never raised over unverified ids."""
-    if old is None:
-        return AuditMark.objects.get_or_create(stream=sid, defaults={"verified_through": new})[1]
-    return AuditMark.objects.filter(stream=sid, verified_through=old).update(verified_through=new) == 1
-
-
-def _walk(sid: str, symbol: str, channel: str, scan: int, *, fill: bool, seconds: float = _PASS_SECONDS) -> Pass:
-    mark = _mark(sid)
-    start = mark if mark is not None else queries.first_id(symbol, channel)
-    top = queries.last_id(symbol, channel)
-    if start is None or top is None:
-        return Pass()  # nothing stored yet
-    # The highest stored id at or below `start` anchors the first slice: a hole right above it is seen.
-    anchor = queries.id_before(symbol, channel, start + 1) or start
-    deadline = time.monotonic() + seconds
-    found: list[Gap] = []
-    stored = 0
-    while True:
-        # The slice ends at a stored id (the first one `scan` ids up, or the newest): a hole that reaches past
-        # `anchor + scan` is anchored on both sides and found whole.
-        end = queries.id_after(symbol, channel, anchor + scan - 1) or top
-        if queries.count_ids(symbol, channel, anchor, end) != end - anchor + 1:
-            found = holes(symbol, channel, anchor, end)
-        if found:
-            end, stored = _holes_found(symbol, channel, (anchor, end), found, fill)
-        if end > (mark if mark is not None else end - 1):
-            if not _move_mark(sid, mark, end):
-                break  # moved by someone else meanwhile (lowered by an import): next pass
-            mark = end
-        if found or end >= top or time.monotonic() > deadline:
-            break
-        anchor = end
-    return Pass(len(found), stored, mark)
-
-
-def _holes_found(symbol: str, channel: str, span: tuple[int, int], found: list[Gap], fill: bool) -> tuple[int, int]:
-    """(how far the slice `span` is verified now, trades stored) once its holes are filled, if `fill`."""
+def _holes_found(symbol: str, channel: str, span: tuple[int, int], found: list[Gap]) -> tuple[int, int]:
+    """(how far the slice `span` is verified now, trades stored) once its holes are filled."""
     start, end = span
-    if not fill:
-        return found[0].first - 1, 0
     logger.warning("audit found %d holes (%d trades) between ids %d and %d; filling them",
                    len(found), sum(g.size for g in found), start, end)
     stored = _fill(symbol, channel, found)
@@ -172,8 +99,6 @@ def _fill(symbol: str, channel: str, gaps: Sequence[Gap]) -> int:
 def _fill_from_archive(symbol: str, gaps: Sequence[Gap]) -> tuple[int, bool]:
     """Wide holes in days whose daily files are published: those files, verified, imported again (at most
     `ARCHIVE_DAYS_PER_PASS` of them). Returns (trades stored, whether every day of the holes was taken)."""
-    from workers.archive_import import days_of_gap, import_days
-
     days = sorted({day for gap in gaps for day in days_of_gap(symbol, gap)})
     stored = useful = 0
     for index, day in enumerate(days):  # a day that adds nothing (an edge day, stored whole) is not counted

@@ -33,8 +33,8 @@ from django.utils import timezone
 from streams import queries
 from streams.archive import day_bounds
 from streams.binance.sequence import Gap
-from workers.audit import lower_watermark, watermark
 from workers.models import DayCoverage, Verdict
+from workers.watermark import lower_watermark, watermark
 
 logger = logging.getLogger(__name__)
 

@@ -707,16 +707,14 @@ _RUNTIME: Runtime | None = None
 _RUNTIME_LOCK = threading.Lock()
 
 
-def runtime() -> Runtime:
-    """This process's runtime, made by the first stream task. Under a lock: the threads pool starts many
-    stream tasks in the same instant, and `functools.cache` let each of them make a runtime of its own
-    (a loop, a client and connections each)."""
+def runtime(shutdown: ShutdownSignal) -> Runtime:
+    """This process's runtime, made by the first stream task, stopped by the process's `shutdown` signal.
+    Under a lock: the threads pool starts many stream tasks in the same instant, and `functools.cache` let
+    each of them make a runtime of its own (a loop, a client and connections each)."""
     global _RUNTIME  # noqa: PLW0603 - the process's one runtime
     with _RUNTIME_LOCK:
         if _RUNTIME is None:
-            from workers.tasks import SHUTDOWN
-
-            _RUNTIME = Runtime(SHUTDOWN)
+            _RUNTIME = Runtime(shutdown)
         return _RUNTIME
 
 

@@ -69,7 +69,7 @@ def run_stream(self: Task, symbol: str, channel: str) -> str:
 
     # The process's runtime hosts the stream (one event loop, shared connections); this thread waits.
     with stream_context(stream_id(symbol, channel)):
-        outcome = runtime().run_stream(symbol, channel, owner=f"{hostname}:{os.getpid()}:{task_id}",
+        outcome = runtime(SHUTDOWN).run_stream(symbol, channel, owner=f"{hostname}:{os.getpid()}:{task_id}",
                                        publish=publish)
     return outcome.reason
 

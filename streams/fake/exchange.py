@@ -10,9 +10,7 @@ import math
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -22,6 +20,7 @@ from streams.fake.archive import FakeArchive
 from streams.fake.faults import DEFAULT_COUNTS, Fault, FaultRates, fault_from
 from streams.fake.market import Market
 from streams.fake.rest import RestServer
+from streams.fake.state import Stats
 from streams.fake.ws import WsServer
 
 logger = logging.getLogger(__name__)
@@ -33,34 +32,6 @@ _CALL_TIMEOUT: Final = 60.0
 # exchangeInfo's `status` of a symbol (enums.md, "Symbol status"); only TRADING symbols make trades.
 TRADING: Final = "TRADING"
 SYMBOL_STATUSES: Final = (TRADING, "END_OF_DAY", "HALT", "BREAK", "CANCEL_ONLY")
-
-
-@dataclass
-class Stats:
-    """Counters of what the exchange saw and did (read a snapshot from other threads)."""
-
-    connection_attempts: int = 0
-    connections_opened: Counter[str] = field(default_factory=Counter)  # per stream, at open or SUBSCRIBE
-    connections_refused: Counter[str] = field(default_factory=Counter)  # per reason
-    disconnects: Counter[str] = field(default_factory=Counter)  # server-side closes per reason
-    messages_sent: int = 0
-    messages_received: int = 0
-    replayed: int = 0  # trade events sent again by the replay fault (also in messages_sent)
-    rest_requests: Counter[str] = field(default_factory=Counter)  # per path
-    rest_429: int = 0
-    rest_418: int = 0
-    rest_503: int = 0
-    rest_garbage: int = 0  # answers replaced by a proxy's HTML page (the rest_garbage fault)
-    faults: Counter[str] = field(default_factory=Counter)  # faults applied, per kind
-
-    @property
-    def refused_connections(self) -> int:
-        return sum(self.connections_refused.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            f.name: (dict(v) if isinstance(v := getattr(self, f.name), Counter) else v) for f in fields(self)
-        }
 
 
 class FakeExchange:

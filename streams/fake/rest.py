@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -23,9 +23,7 @@ import orjson
 from streams.binance.protocol import AGG_TRADE, TRADE, Trade
 from streams.fake.faults import HTML_CONTENT_TYPE, HTML_ERROR_PAGE
 from streams.fake.market import SymbolSpec, decimal_text, micros, quote_quantity
-
-if TYPE_CHECKING:
-    from streams.fake.exchange import FakeExchange
+from streams.fake.state import Venue
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +152,7 @@ class RestServer:
     """Answers the market-data endpoints from the exchange's record, within the weight limits."""
 
     def __init__(
-        self, exchange: FakeExchange, host: str, port: int, weight_limit: int, weight_window: float
+        self, exchange: Venue, host: str, port: int, weight_limit: int, weight_window: float
     ) -> None:
         self.exchange, self.host, self.port = exchange, host, port
         self.limiter = WeightLimiter(weight_limit, weight_window)

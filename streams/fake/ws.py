@@ -14,7 +14,7 @@ import struct
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -27,9 +27,7 @@ from websockets.protocol import State
 from streams.binance.protocol import TRADE, Trade
 from streams.fake.faults import GARBAGE_VARIANTS, Fault, garbage_frame
 from streams.fake.market import Market, decimal_text, micros, trade_payload
-
-if TYPE_CHECKING:
-    from streams.fake.exchange import Stats
+from streams.fake.state import Stats
 
 logger = logging.getLogger(__name__)
 

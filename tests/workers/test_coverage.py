@@ -24,9 +24,10 @@ from streams.models import PriceUpdate
 from streams.storage import store_trades
 from workers import audit
 from workers.archive_import import import_range
-from workers.audit import fill_holes, watermark
+from workers.audit import fill_holes
 from workers.coverage import update_coverage
 from workers.models import DayCoverage
+from workers.watermark import watermark
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
