@@ -1,8 +1,8 @@
 """Log lines: the stream id on every line of a stream, one safe line per record (no Django import).
 
-`with stream_context("btcusdt@trade"): ...` binds the id in a contextvar; asyncio tasks created inside
-inherit it, so every coroutine of a stream logs with its id. `StreamFilter` copies it onto each record
-as `record.stream` ("-" outside any stream).
+`with stream_context("btcusdt@trade"): ...` (streams.binance.logcontext) binds the id in a contextvar that
+asyncio tasks created inside inherit; `StreamFilter` copies it onto each record as `record.stream` ("-"
+outside any stream).
 
 Two formats (LOG_FORMAT): `PlainFormatter` writes `<UTC time> <LEVEL> <logger> [<stream>] <message>`,
 `JsonFormatter` one JSON object per line for log shippers. Text from outside (exchange error messages,
@@ -19,8 +19,6 @@ Backslashes are not escaped: a literal `\\n` in the output may have been a backs
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import re
 import time
@@ -31,7 +29,9 @@ from typing import Any
 
 import orjson
 
-_STREAM: contextvars.ContextVar[str] = contextvars.ContextVar("stream", default="-")
+from streams.binance.logcontext import current_stream, stream_context
+
+__all__ = ["JsonFormatter", "PlainFormatter", "StreamFilter", "stream_context"]
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(stream)s] %(message)s"
 
@@ -48,26 +48,12 @@ _JSON_RAW_CONTROLS = re.compile(rb"\x7f|\xc2[\x80-\x9f]|\xe2\x80[\x8e\x8f\xa8-\x
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 
-def current_stream() -> str:
-    return _STREAM.get()
-
-
-@contextlib.contextmanager
-def stream_context(sid: str) -> Iterator[None]:
-    """Every line logged inside (and in asyncio tasks started inside) carries `sid`."""
-    token = _STREAM.set(sid)
-    try:
-        yield
-    finally:
-        _STREAM.reset(token)
-
-
 class StreamFilter(logging.Filter):
     """Adds `record.stream` (the bound stream id, or "-") to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "stream"):
-            record.stream = _STREAM.get()
+            record.stream = current_stream()
         return True
 
 
@@ -167,5 +153,5 @@ def _ensure_stream(record: logging.LogRecord) -> str:
     """The record's stream id: a handler configured without StreamFilter still gets it."""
     stream = getattr(record, "stream", None)
     if stream is None:
-        stream = record.stream = _STREAM.get()
+        stream = record.stream = current_stream()
     return str(stream)

@@ -2,9 +2,9 @@
 each other in a circle.
 
 From the bottom: `core` (streams/binance: the Binance protocol and client, no framework: usable by anyone),
-`fake` (streams/fake: the fake exchange, built on the core only), `config` (project/: settings, environment
-readers, logging, the Celery app), `data` (streams/: storage, the archive's format, exports, the one-off
-collector), `collection` (workers/: the Celery side: runtime, buffer, supervision, audit, archive import),
+`fake` (streams/fake: the fake exchange, built on the core only), `data` (streams/: storage, the archive's
+format, exports, the one-off collector), `config` (project/: settings, environment readers, logging, the
+Celery app), `collection` (workers/: the Celery side: runtime, buffer, supervision, audit, archive import),
 `web` (web/: pages, sockets, the live hub, endpoints, URLs, ASGI) and `tools` (benchmarks/, project/launcher/
 and every app's management commands), which may use everything. An import inside a function counts the same
 as one at the top.
@@ -24,8 +24,8 @@ FRAMEWORKS = ("django", "channels", "channels_redis", "celery", "django_celery_b
 FOLDERS: dict[str, tuple[str, ...]] = {
     "core": ("streams/binance",),
     "fake": ("streams/fake",),
-    "config": ("project",),
     "data": ("streams",),
+    "config": ("project",),
     "collection": ("workers",),
     "web": ("web", "web/*"),
     "tools": ("benchmarks", "benchmarks/*", "project/launcher", "*/management", "*/management/commands"),
@@ -34,8 +34,8 @@ FOLDERS: dict[str, tuple[str, ...]] = {
 BELOW = {
     "core": set(),
     "fake": {"core"},
-    "config": {"core"},
-    "data": {"core", "config"},
+    "data": {"core"},
+    "config": {"core", "data"},
     "collection": {"core", "config", "data"},
     "web": {"core", "config", "data", "collection"},
     "tools": set(FOLDERS),

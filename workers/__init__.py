@@ -1,1 +1,2 @@
-"""The Celery side: stream tasks, flush, supervision and audit (built in a later issue)."""
+"""The collection side, on Celery: the stream runtime, the hand-off buffer and flush, supervision, leases,
+the audit, coverage and the archive import."""

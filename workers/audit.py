@@ -29,8 +29,8 @@ import orjson
 from django.conf import settings
 from django.db import connection
 
-from project.logs import stream_context
 from streams import queries
+from streams.binance.logcontext import stream_context
 from streams.binance.protocol import TRADE, Trade
 from streams.binance.sequence import Gap
 from streams.models import PriceUpdate

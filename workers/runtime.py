@@ -34,9 +34,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 
-from project.logs import stream_context
 from streams.binance.backoff import Backoff
 from streams.binance.client import StreamClient
+from streams.binance.logcontext import stream_context
 from streams.binance.protocol import Trade, split_stream_name
 from streams.binance.rest import BinanceRest
 from streams.broadcast import ALL_TRADES_GROUP, Broadcaster

@@ -15,7 +15,7 @@ from typing import Final
 import redis
 from django.conf import settings
 
-from project.logs import stream_context
+from streams.binance.logcontext import stream_context
 from workers.keys import PREFIX, lease_key, starting_key, status_key, stop_key
 from workers.redis import sync_redis
 from workers.status import StreamStatus, decode, is_stale, stale_reason

@@ -28,7 +28,7 @@ from celery.signals import worker_shutting_down
 from django.db import close_old_connections
 
 from project.celery import app
-from project.logs import stream_context
+from streams.binance.logcontext import stream_context
 from streams.failures import describe, is_transient
 from workers import supervisor
 from workers.keys import BEAT_SEEN, PERIODIC_ERRORS, parse_stream_id, stream_id

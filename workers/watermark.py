@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from project.logs import stream_context
 from streams import queries
+from streams.binance.logcontext import stream_context
 from streams.binance.sequence import Gap
 from workers.keys import stream_id
 from workers.models import AuditMark

@@ -13,9 +13,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from project.logs import stream_context
 from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
 from streams.binance.inputs import seconds, whole_number
+from streams.binance.logcontext import stream_context
 from streams.binance.protocol import normalize_channel, normalize_symbol, stream_name
 from streams.binance.rest import BinanceRest
 from streams.binance.supervision import TaskFailed
