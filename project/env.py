@@ -42,6 +42,15 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return value
 
 
+def env_days(name: str, default: int) -> int | None:
+    """A whole number of days (at least 1), or `all` (None: no limit)."""
+    raw = os.environ.get(name)
+    if raw is not None and raw.strip().lower() == "all":
+        return None
+    value = env_int(name, default, minimum=1)
+    return value
+
+
 def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
     raw = os.environ.get(name)
     if raw is None:

@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from project.env import (
     env_bool,
+    env_days,
     env_float,
     env_header,
     env_int,
@@ -225,6 +226,14 @@ COLLECTOR_CONNECTION_WINDOW = env_float("COLLECTOR_CONNECTION_WINDOW", 300.0, mi
 # dropped once they ended more than this many days ago (0: keep everything), and months made ahead.
 COLLECTOR_RETENTION_DAYS = env_int("COLLECTOR_RETENTION_DAYS", 0, minimum=0)
 COLLECTOR_PARTITIONS_AHEAD = env_int("COLLECTOR_PARTITIONS_AHEAD", 2, minimum=1)
+
+# --- The dataset: the Parquet lake beside the database (streams/lake/, workers/seal.py, docs/dataset.md) -------
+# Where sealed days live: a folder (relative to the checkout) or any URI pyarrow.fs understands (s3://...).
+LAKE_URL = env_str("LAKE_URL", "lake/")
+# How many UTC days (today included) also stay in the database once sealed; `all` keeps everything there.
+DATASET_HOT_DAYS = env_days("DATASET_HOT_DAYS", 14)
+# Every sealed file and every hot day is verified again at least once in this many days, spread evenly.
+DATASET_SCRUB_DAYS = env_float("DATASET_SCRUB_DAYS", 7.0, minimum=0.01)
 
 # --- Logs (README "Logs"): one line per record on stderr, the stream id on every line of a stream ------
 # Celery's worker and beat apply this too (project/celery.py), so LOG_LEVEL is the one knob: celery -l is

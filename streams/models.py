@@ -179,3 +179,44 @@ def micros(moment: datetime) -> int:
     """Microseconds since the epoch, exactly."""
     return (moment - _EPOCH) // _MICROSECOND
 
+
+
+class SealedDay(models.Model):
+    """One stream's UTC day in the Parquet lake (streams/lake/): the manifest that vouches for its file.
+
+    Written after the file is in place; every verification (the scrub, `coverage --recheck`) reads the file
+    and compares it with this record. `complete` is the coverage verdict when the file was written: a day
+    imported from an archive file with holes is in the lake but not complete, and is sealed again once healed.
+    """
+
+    class State(models.TextChoices):
+        SEALED = "sealed"
+        DAMAGED = "damaged"  # the file is missing, altered or short: rebuilt from the other tier or the archive
+
+    class Source(models.TextChoices):
+        DATABASE = "database"  # sealed from the stored rows
+        ARCHIVE = "archive"    # written straight from an archive file
+        MERGED = "merged"      # the lake's file and the database's rows of the day, together
+
+    market = models.CharField(max_length=8, default="spot")
+    symbol = models.CharField(max_length=20)
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    day = models.DateField()
+    rows = models.BigIntegerField()
+    first_id = models.BigIntegerField(null=True, blank=True)
+    last_id = models.BigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64)
+    bytes = models.BigIntegerField()
+    source = models.CharField(max_length=8, choices=Source.choices)
+    complete = models.BooleanField(help_text="the day was proven complete when its file was written")
+    state = models.CharField(max_length=8, choices=State.choices, default=State.SEALED)
+    problem = models.TextField(blank=True, help_text="what the last verification found wrong")
+    sealed_at = models.DateTimeField()
+    verified_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["market", "symbol", "channel", "day"], name="unique_sealed_day")]
+        indexes = [models.Index(fields=["verified_at"], name="sealed_day_verified")]
+
+    def __str__(self) -> str:
+        return f"{self.market} {self.symbol} {self.channel} {self.day}: {self.state}"

@@ -1,4 +1,4 @@
-"""Monthly partitions of the trades table (PostgreSQL): made ahead and on demand, dropped past retention.
+"""Monthly partitions of the trades table (PostgreSQL): made ahead and on demand, dropped once sealed in the lake.
 
 `streams_trade` is partitioned by RANGE of trade_time (PostgreSQL's declarative partitioning), one partition
 per UTC month, named `streams_trade_YYYY_MM`. Why months and not days: every query that is not bounded in
@@ -19,8 +19,8 @@ target uses every unique index of the partition a row goes to.
 
 A partition is made by CREATE TABLE + ATTACH PARTITION, which takes a SHARE UPDATE EXCLUSIVE lock on the
 parent (inserts and reads go on), under an advisory lock so that two writers never race on the same month.
-Dropping one takes an ACCESS EXCLUSIVE lock on the parent for a moment: bounded by a lock timeout, and
-retried by the next maintenance pass when busy.
+A partition is dropped only when every day of its month is sealed in the lake and past the hot window
+(workers.seal): detached CONCURRENTLY first, so that writers never queue behind the drop.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -137,16 +137,22 @@ def ensure(cursor: Any, months: Iterable[Month]) -> list[Month]:
     return made
 
 
-def drop_before(cursor: Any, cutoff: datetime) -> list[Month]:
-    """Drop every partition whose whole month ends at or before `cutoff`; returns those dropped."""
-    cursor.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
-    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_KEY])
-    gone = sorted(month for month in existing(cursor) if month.end <= cutoff)
-    for month in gone:
-        cursor.execute(f"DROP TABLE {month.name}")
-    if gone:
-        logger.warning("partitions: dropped %s (COLLECTOR_RETENTION_DAYS)", ", ".join(m.name for m in gone))
-    return gone
+def detach_and_drop(cursor: Any, month: Month) -> None:
+    """Take `month`'s partition out of the table without stopping writers, then drop it.
+
+    DETACH PARTITION ... CONCURRENTLY takes only a SHARE UPDATE EXCLUSIVE lock on the parent (inserts and
+    reads go on; a plain DROP TABLE would take ACCESS EXCLUSIVE and queue every writer behind it), and waits
+    for the transactions that use the partition to end. It cannot run inside a transaction block: `cursor`
+    must be in autocommit. A detach interrupted half-way leaves the partition "detach pending": finished here.
+    """
+    cursor.execute("SELECT i.inhdetachpending FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                   "WHERE i.inhparent = %s::regclass AND c.relname = %s", [TABLE, month.name])
+    found = cursor.fetchone()
+    if found is not None:
+        pending = bool(found[0])
+        cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {month.name} {'FINALIZE' if pending else 'CONCURRENTLY'}")
+    cursor.execute(f"DROP TABLE IF EXISTS {month.name}")
+    logger.warning("partitions: detached and dropped %s (every day of it is sealed in the lake)", month.name)
 
 
 # --- Maintenance (the periodic task) -------------------------------------------------------------------
@@ -154,14 +160,12 @@ def drop_before(cursor: Any, cutoff: datetime) -> list[Month]:
 @dataclass(frozen=True)
 class Maintenance:
     created: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
 
 
-def maintain(now: datetime | None = None, *, ahead: int | None = None, retention_days: int | None = None,
-             using: str | None = None) -> Maintenance:
-    """Make the partitions of this month and the `ahead` (COLLECTOR_PARTITIONS_AHEAD) next ones; drop
-    those whose month ended more than `retention_days` (COLLECTOR_RETENTION_DAYS; 0 keeps everything) ago.
-    Nothing to do on SQLite, whose trades table is a plain one."""
+def maintain(now: datetime | None = None, *, ahead: int | None = None, using: str | None = None) -> Maintenance:
+    """Make the partitions of this month and the `ahead` (COLLECTOR_PARTITIONS_AHEAD) next ones. Dropping is
+    the dataset's retention (workers.seal): only months whose every day is sealed in the lake go. Nothing to
+    do on SQLite, whose trades table is a plain one."""
     from django.conf import settings
     from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
@@ -170,18 +174,13 @@ def maintain(now: datetime | None = None, *, ahead: int | None = None, retention
         return Maintenance()
     now = now or datetime.now(UTC)
     ahead = settings.COLLECTOR_PARTITIONS_AHEAD if ahead is None else ahead
-    keep = settings.COLLECTOR_RETENTION_DAYS if retention_days is None else retention_days
     first = Month.of(now)
     months = [first]
     for _ in range(ahead):
         months.append(months[-1].next())
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         made = ensure(cursor, months)
-    dropped: list[Month] = []
-    if keep > 0:
-        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-            dropped = drop_before(cursor, now - timedelta(days=keep))
-    return Maintenance([m.name for m in made], [m.name for m in dropped])
+    return Maintenance([m.name for m in made])
 
 
 def table_bytes(cursor: Any) -> int:

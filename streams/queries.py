@@ -125,3 +125,28 @@ def day_rows(symbol: str, channel: str, start: datetime, end: datetime) -> Query
     without COPY (SQLite)."""
     return (_stream(symbol, channel).filter(trade_time__gte=start, trade_time__lt=end).order_by("trade_id")
             .values_list("trade_id", "price", "volume", "trade_time", "is_market_maker"))
+
+
+_US = "(extract(epoch FROM {}) * 1000000)::bigint"
+# The columns of streams.lake.schema.FILE_SCHEMA, in its order, times as microseconds since the epoch.
+DATASET_COLUMNS = ("trade_id", "price", "volume", "trade_us", "event_us", "is_market_maker", "received_us",
+                   "first_trade_id", "last_trade_id")
+
+
+def dataset_rows(symbol: str, channel: str, start: datetime, end: datetime) -> QuerySet[PriceUpdate, tuple[Any, ...]]:
+    """The trades of [start, end) in id order, as the lake's columns (DATASET_COLUMNS)."""
+    return (_stream(symbol, channel).filter(trade_time__gte=start, trade_time__lt=end).order_by("trade_id")
+            .values_list("trade_id", "price", "volume", "trade_time", "event_time", "is_market_maker",
+                         "received_time", "first_trade_id", "last_trade_id"))
+
+
+def dataset_copy(symbol: str, channel: str, start: datetime, end: datetime) -> tuple[str, tuple[Any, ...]]:
+    """PostgreSQL: the COPY statement of `dataset_rows`, times made microseconds by the server."""
+    rows = (_stream(symbol, channel).filter(trade_time__gte=start, trade_time__lt=end).order_by("trade_id")
+            .annotate(trade_us=RawSQL(_US.format("trade_time"), (), output_field=BigIntegerField()),  # noqa: S611 - constant SQL
+                      event_us=RawSQL(_US.format("event_time"), (), output_field=BigIntegerField()),  # noqa: S611
+                      received_us=RawSQL(_US.format("received_time"), (), output_field=BigIntegerField()))  # noqa: S611
+            .values_list(*DATASET_COLUMNS))
+    sql, params = rows.query.sql_with_params()
+    return _EXPORT_COPY.format(sql), params
+

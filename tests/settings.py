@@ -1,10 +1,13 @@
 """Test settings: the project's settings, with PostgreSQL and Redis at the addresses CI provides."""
 
 import os
+import tempfile
 
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+# The lake of a test run: a folder of its own, never the checkout's lake/ (tests that seal set their own).
+os.environ.setdefault("LAKE_URL", tempfile.mkdtemp(prefix="lake-tests-"))
 
 from project.settings import *  # noqa: F403
 

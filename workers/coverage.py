@@ -30,15 +30,16 @@ from typing import Any
 from django.db.models import Q
 from django.utils import timezone
 
-from streams import queries
-from streams.archive import day_bounds
+from streams import queries, tiers
 from streams.binance.sequence import Gap
+from streams.lake.layout import DayKey
 from workers.models import DayCoverage, Verdict
 from workers.watermark import lower_watermark, watermark
 
 logger = logging.getLogger(__name__)
 
 CALENDAR_DAYS = 35  # days the status page shows
+SPOT = "spot"  # the only market the database holds until it has a market column
 
 
 def utc_today() -> date:
@@ -83,12 +84,12 @@ class _Edges:
 
 
 def _compute(row: DayCoverage, mark: int | None, today: date) -> int | None:
-    """Fill `row` from the table; returns the watermark (lowered if a hole lies under it)."""
+    """Fill `row` from both tiers; returns the watermark (lowered if a hole lies under it in the database)."""
     symbol, channel = row.symbol, row.channel
-    start, end = day_bounds(row.day)
-    span = queries.time_span(symbol, channel, start, end)
+    key = DayKey(SPOT, symbol, channel, row.day)
+    span = tiers.day_span(key)
     row.trades, row.first_id, row.last_id = span.trades, span.first_id, span.last_id
-    edges = _day_edges(row, span) if span.first_id is not None else _empty_day_edges(row, start, end)
+    edges = _day_edges(row, key, span) if span.first_id is not None else _empty_day_edges(row, key)
     if edges.holes and mark is not None and edges.holes[0].first <= mark:
         lower_watermark(symbol, channel, edges.holes[0].first - 1)
         mark = edges.holes[0].first - 1
@@ -104,13 +105,12 @@ def _compute(row: DayCoverage, mark: int | None, today: date) -> int | None:
     return mark
 
 
-def _day_edges(row: DayCoverage, span: queries.Span) -> _Edges:
-    symbol, channel = row.symbol, row.channel
+def _day_edges(row: DayCoverage, key: DayKey, span: tiers.DaySpan) -> _Edges:
     first, last = span.first_id, span.last_id
     assert first is not None and last is not None
-    found = [] if span.consecutive else queries.holes(symbol, channel, first, last)
-    before = queries.id_before(symbol, channel, first)
-    after = queries.id_after(symbol, channel, last)
+    found = list(span.holes)
+    before = tiers.id_before(key, first)
+    after = tiers.id_after(key, last)
     archive_first, archive_last = row.archive_first_id, row.archive_last_id
     # The start edge: the archive's first id of the day, else the last trade stored before the day.
     if archive_first is not None and archive_first >= first:
@@ -139,10 +139,10 @@ def _day_edges(row: DayCoverage, span: queries.Span) -> _Edges:
     return _Edges(found, start_known and end_known)
 
 
-def _empty_day_edges(row: DayCoverage, start: datetime, end: datetime) -> _Edges:
+def _empty_day_edges(row: DayCoverage, key: DayKey) -> _Edges:
     """A day with nothing stored: complete only if the trades around it are consecutive (a quiet day)."""
-    before = queries.last_id_before(row.symbol, row.channel, start)
-    after = queries.first_id_from(row.symbol, row.channel, end)
+    before = tiers.last_id_before_day(key)
+    after = tiers.first_id_after_day(key)
     if before is not None and after is not None:
         return _Edges([Gap(before + 1, after - 1)] if after > before + 1 else [], True)
     if row.archive_first_id is not None and row.archive_last_id is not None:

@@ -160,11 +160,36 @@ def audit_gaps() -> dict[str, int]:
 
 @shared_task(name="workers.tasks.maintain_partitions", ignore_result=True)
 def maintain_partitions() -> dict[str, list[str]]:
-    """Trades partitions (PostgreSQL): make the coming months', drop those past COLLECTOR_RETENTION_DAYS."""
+    """Trades partitions (PostgreSQL): make the coming months' (dropping them is the dataset's, in seal_days)."""
     from streams.partitions import maintain
 
     def work() -> dict[str, list[str]]:
         done = maintain()
-        return {"created": done.created, "dropped": done.dropped}
+        return {"created": done.created}
 
     return _periodic("partitions", work, {})
+
+
+@shared_task(name="workers.tasks.seal_days", ignore_result=True)
+def seal_days() -> dict[str, list[str]]:
+    """Every 5 minutes (migration 0007): complete closed days sealed into the lake, cold ones left to it."""
+    from workers.seal import drop_cold, seal_due
+
+    def work() -> dict[str, list[str]]:
+        sealed, cold = seal_due(), drop_cold()
+        return {"sealed": sealed.sealed, "refused": sealed.refused, "dropped": cold.dropped}
+
+    return _periodic("seal", work, {})
+
+
+@shared_task(name="workers.tasks.scrub_lake", ignore_result=True)
+def scrub_lake() -> dict[str, int]:
+    """Every 10 minutes (migration 0007): a share of the sealed files and hot days verified again."""
+    from workers.seal import scrub
+
+    def work() -> dict[str, int]:
+        done = scrub()
+        return {"verified": done.verified, "damaged": len(done.damaged), "rebuilt": len(done.rebuilt),
+                "hot_checked": done.hot_checked, "hot_changed": len(done.hot_changed)}
+
+    return _periodic("scrub", work, {})

@@ -8,7 +8,7 @@ from importlib import import_module
 
 import pytest
 from django.apps import apps as django_apps
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 from django_celery_beat.models import PeriodicTask
 
 from streams import partitions
@@ -45,10 +45,10 @@ def test_month_arithmetic_and_names() -> None:
 
 
 def test_maintenance_makes_this_month_and_the_next_ones() -> None:
-    done = maintain(NOW, ahead=2, retention_days=0)
+    done = maintain(NOW, ahead=2)
     assert done.created == ["streams_trade_2031_05", "streams_trade_2031_06", "streams_trade_2031_07"]
     assert {Month(2031, 5), Month(2031, 6), Month(2031, 7)} <= months()
-    assert maintain(NOW, ahead=2, retention_days=0).created == []  # idempotent
+    assert maintain(NOW, ahead=2).created == []  # idempotent
     # Each partition is attached, with its identity index and the parent's BRIN index.
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'streams_trade_2031_06' ORDER BY 1")
@@ -58,16 +58,21 @@ def test_maintenance_makes_this_month_and_the_next_ones() -> None:
         assert cursor.fetchone()[0] == ("FOR VALUES FROM ('2031-06-01 00:00:00+00') TO ('2031-07-01 00:00:00+00')")
 
 
-def test_retention_drops_whole_months_past_it_and_keeps_the_rest() -> None:
+def test_a_month_is_detached_then_dropped_and_a_half_detached_one_is_finished() -> None:
     store_trades([trade(1, datetime(2031, 2, 27, tzinfo=UTC)), trade(2, datetime(2031, 3, 15, tzinfo=UTC)),
-                  trade(3, datetime(2031, 4, 30, tzinfo=UTC)), trade(4, datetime(2031, 5, 19, tzinfo=UTC))])
-    # 49 days before NOW is 2031-04-01T12:00: February and March ended before it; April did not.
-    done = maintain(NOW, ahead=1, retention_days=49)
-    assert {"streams_trade_2031_02", "streams_trade_2031_03"} <= set(done.dropped)
-    assert "streams_trade_2031_04" not in done.dropped
-    assert Month(2031, 3) not in months() and Month(2031, 4) in months()
-    assert list(PriceUpdate.objects.order_by("trade_id").values_list("trade_id", flat=True)) == [3, 4]
-    assert maintain(NOW, ahead=1, retention_days=0).dropped == []  # 0 keeps everything
+                  trade(3, datetime(2031, 4, 30, tzinfo=UTC))])
+    with connection.cursor() as cursor:  # autocommit: DETACH ... CONCURRENTLY cannot run in a transaction
+        partitions.detach_and_drop(cursor, Month(2031, 2))
+        # A detach interrupted after its first step leaves the partition "detach pending" (what a killed
+        # process leaves behind): simulated by starting a concurrent detach and cancelling it at its wait.
+        cursor.execute("UPDATE pg_inherits SET inhdetachpending = true WHERE inhrelid = "
+                       "'streams_trade_2031_03'::regclass")
+        partitions.detach_and_drop(cursor, Month(2031, 3))
+    assert Month(2031, 2) not in months() and Month(2031, 3) not in months() and Month(2031, 4) in months()
+    assert list(PriceUpdate.objects.order_by("trade_id").values_list("trade_id", flat=True)) == [3]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('streams_trade_2031_02'), to_regclass('streams_trade_2031_03')")
+        assert cursor.fetchone() == (None, None)  # dropped, not left behind detached
 
 
 def test_two_writers_making_the_same_month_at_once_both_succeed() -> None:
@@ -101,8 +106,10 @@ def test_the_hourly_task_is_scheduled_and_runs_the_maintenance() -> None:
     assert (task.task, task.interval.every, task.interval.period, task.enabled) == (
         "workers.tasks.maintain_partitions", 3600, "seconds", True)
     this_month = Month.of(datetime.now(UTC))
-    with transaction.atomic(), connection.cursor() as cursor:
-        partitions.drop_before(cursor, this_month.next().next().end)  # as if nothing had been made ahead
+    with connection.cursor() as cursor:  # as if nothing had been made ahead
+        for month in sorted(partitions.existing(cursor)):
+            if month.end <= this_month.next().next().end:
+                partitions.detach_and_drop(cursor, month)
     assert this_month not in months()
     result = maintain_partitions()
     assert this_month.name in result["created"] and this_month.next().name in result["created"]

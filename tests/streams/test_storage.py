@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from django.db import connections, transaction
+from django.db import connections
 from psycopg.errors import UniqueViolation
 
 from streams import partitions
@@ -177,8 +177,8 @@ def test_a_trade_of_a_month_without_a_partition_makes_it() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_a_dropped_partition_is_made_again_when_a_trade_of_its_month_comes() -> None:
     store_trades([make(1)])  # committed: this process now knows 2024-08 has a partition
-    with transaction.atomic(), connections["default"].cursor() as cursor:
-        partitions.drop_before(cursor, datetime(2024, 9, 1, tzinfo=UTC))  # retention, from another process
+    with connections["default"].cursor() as cursor:  # retention, from another process
+        partitions.detach_and_drop(cursor, partitions.Month(2024, 8))
     assert store_trades([make(2)]).inserted == 1
     assert [row.trade_id for row in stored()] == [2]
 

@@ -1,0 +1,223 @@
+"""The dataset's two tiers: complete days sealed into the lake and read back across the seam equal to the
+exchange's record; the hot window kept by dropping only months whose every day is sealed, without making
+writers wait; the scrub finding a flipped byte, a deleted file and deleted rows."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+import pytest
+from django.db import connection
+
+from streams import dataset, partitions
+from streams.binance.protocol import TRADE, Trade
+from streams.fake.exchange import FakeExchange, running_exchange
+from streams.lake.files import write_day
+from streams.lake.layout import DayKey
+from streams.lake.schema import table_from_trades
+from streams.models import PriceUpdate, SealedDay
+from streams.storage import store_trades
+from streams.tiers import lake
+from tests.helpers import database_url, wait_for
+from workers import seal
+from workers.archive_import import import_range
+from workers.coverage import update_coverage
+from workers.models import DayCoverage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Old enough that whatever today is, October is a whole month outside a short hot window.
+FIRST = date(2026, 10, 27)
+LAST = date(2026, 11, 2)
+
+
+@contextmanager
+def history(settings: Any, tmp_path: Path, seed: int = 5) -> Iterator[FakeExchange]:
+    """An exchange whose archive holds FIRST..LAST (and on), imported into the database; an empty lake."""
+    settings.LAKE_URL = str(tmp_path / "lake")
+    settings.DATASET_HOT_DAYS = None
+    with running_exchange(symbols={"BTCUSDT": 0.0}, seed=seed, history_from=FIRST, history_rate=0.005) as ex:
+        settings.BINANCE_REST_URL = settings.BINANCE_ARCHIVE_URL = ex.rest_url
+        import_range(["BTCUSDT"], FIRST, LAST, fill_from_rest=False)
+        yield ex
+
+
+def record_between(ex: FakeExchange, first: date, end: date) -> list[Trade]:
+    lo = datetime(first.year, first.month, first.day, tzinfo=UTC).timestamp() * 1000
+    hi = datetime(end.year, end.month, end.day, tzinfo=UTC).timestamp() * 1000
+    return [t for t in ex.record("BTCUSDT") if lo <= t.trade_ts < hi]
+
+
+def as_rows(trades: list[Trade]) -> list[tuple[int, str, str, int, bool]]:
+    return [(t.trade_id, f"{t.price:.8f}", f"{t.quantity:.8f}", t.trade_ts, t.is_buyer_maker) for t in trades]
+
+
+def table_rows(table: Any) -> list[tuple[int, str, str, int, bool]]:
+    return [(r["trade_id"], f"{r['price']:.8f}", f"{r['volume']:.8f}", int(r["trade_time"].timestamp() * 1000),
+             r["is_market_maker"]) for r in table.to_pylist()]
+
+
+def sealed_days() -> dict[date, SealedDay]:
+    return {row.day: row for row in SealedDay.objects.filter(symbol="BTCUSDT", channel=TRADE)}
+
+
+def test_complete_days_are_sealed_and_read_back_from_both_tiers_equal_to_the_record(
+        settings: Any, tmp_path: Path) -> None:
+    with history(settings, tmp_path) as ex:
+        report = seal.seal_due()
+        days = sealed_days()
+        assert sorted(days) == [FIRST + timedelta(days=n) for n in range(7)], report
+        assert all(d.complete and d.source == "database" and d.state == "sealed" for d in days.values())
+        assert seal.seal_due().sealed == []  # nothing changed: nothing sealed again
+        # The read API over a range that starts mid-day and ends after the last sealed day (no gap, no duplicate).
+        start = datetime(2026, 10, 28, 12, tzinfo=UTC)
+        table = dataset.trades("BTCUSDT", start, "2026-11-05")
+        record = [t for t in record_between(ex, date(2026, 10, 28), date(2026, 11, 3))
+                  if t.trade_ts >= start.timestamp() * 1000]
+        assert table_rows(table) == as_rows(record)
+        assert set(table.column("market").to_pylist()) == {"spot"} and table.schema.field("price").type.scale == 8
+        # DuckDB straight on the lake: the same rows, the partitions as columns.
+        files = f"{lake().root}/trades/**/*.parquet"
+        count, first, last = duckdb.sql("SELECT count(*), min(trade_id), max(trade_id) FROM read_parquet($f, "
+                                        "hive_partitioning=true) WHERE ticker_symbol = 'BTCUSDT'",
+                                        params={"f": files}).fetchall()[0]
+        whole = record_between(ex, FIRST, LAST + timedelta(days=1))
+        assert (count, first, last) == (len(whole), whole[0].trade_id, whole[-1].trade_id)
+
+
+def test_a_day_healed_after_it_was_sealed_is_sealed_again_from_both_tiers(settings: Any, tmp_path: Path) -> None:
+    with history(settings, tmp_path) as ex:
+        seal.seal_due()
+        day = date(2026, 10, 30)
+        rows = record_between(ex, day, day + timedelta(days=1))
+        # The lake's file of the day lacks a trade (as an archive file with a hole would have written it)...
+        key = DayKey("spot", "BTCUSDT", TRADE, day)
+        holey = table_from_trades([t for t in rows if t.trade_id != rows[5].trade_id])
+        seal.record(key, write_day(lake(), key, holey), source="archive", complete=False)
+        start, end = datetime(2026, 10, 30, tzinfo=UTC), datetime(2026, 10, 31, tzinfo=UTC)
+        PriceUpdate.objects.filter(ticker_symbol="BTCUSDT", trade_time__gte=start, trade_time__lt=end).delete()
+        DayCoverage.objects.filter(day=day).update(dirty=True)
+        update_coverage("BTCUSDT", TRADE)
+        assert DayCoverage.objects.get(day=day).holes == [[rows[5].trade_id, rows[5].trade_id]]
+        # ...and the audit stores the missing trade in the database: the day is sealed again, merged.
+        store_trades([rows[5]])
+        DayCoverage.objects.filter(day=day).update(dirty=True)
+        update_coverage("BTCUSDT", TRADE)
+        assert DayCoverage.objects.get(day=day).verdict == "complete"
+        assert [str(k) for k in seal.seal_due().sealed] == ["spot BTCUSDT trade 2026-10-30"]
+        again = sealed_days()[day]
+        assert (again.rows, again.complete, again.source) == (len(rows), True, "merged")
+        assert table_rows(dataset.trades("BTCUSDT", day, day + timedelta(days=1))) == as_rows(rows)
+
+
+def test_the_hot_window_drops_a_month_only_when_every_day_of_it_is_sealed(settings: Any, tmp_path: Path) -> None:
+    with history(settings, tmp_path) as ex:
+        seal.seal_due()
+        SealedDay.objects.filter(day=date(2026, 10, 29)).delete()  # one October day not sealed (yet)
+        settings.DATASET_HOT_DAYS = 3
+        assert seal.drop_cold().dropped == ["streams_trade_2026_11"]  # November's two days are all sealed
+        october = partitions.Month(2026, 10)
+        assert october in seal.stored_months()
+        assert seal.seal_due().sealed == ["spot BTCUSDT trade 2026-10-29"]
+        assert seal.drop_cold().dropped == ["streams_trade_2026_10"]
+        assert october not in seal.stored_months()
+        assert not PriceUpdate.objects.filter(trade_time__lt=datetime(2026, 11, 1, tzinfo=UTC)).exists()
+        # October now lives in the lake alone: the report says so, and it still reads back whole.
+        update_coverage("BTCUSDT", TRADE)
+        row = DayCoverage.objects.get(day=date(2026, 10, 29))
+        assert row.verdict == "complete"
+        assert seal.where(row, sealed_days()[row.day], seal.stored_months(), seal.cold_before()) == "lake"
+        assert table_rows(dataset.trades("BTCUSDT", FIRST, "2026-11-03")) == as_rows(
+            record_between(ex, FIRST, date(2026, 11, 3)))
+
+
+def test_dropping_a_partition_never_makes_writers_wait(settings: Any, tmp_path: Path) -> None:
+    # A plain DROP TABLE of a partition waits for a transaction that writes to the table, and every writer
+    # after it queues behind the drop: the second writer below would time out.
+    with history(settings, tmp_path):
+        seal.seal_due()
+        settings.DATASET_HOT_DAYS = 3
+        november = Trade("BTCUSDT", TRADE, 10**12, "1.00000000", "1.00000000", 1_793_577_600_000,
+                         1_793_577_600_000, True)
+        holder = psycopg.connect(database_url())
+        holder.execute("INSERT INTO streams_trade (trade_time, trade_id, instrument_id, is_market_maker, price, volume)"
+                       " VALUES (%s, 1, 32000, true, 1, 1)", [november.trade_time])  # open transaction, not committed
+        dropping = threading.Thread(target=_drop_cold_in_a_thread)
+        dropping.start()
+        try:
+            wait_for(lambda: _waiting_on_locks() > 0, timeout=20)  # the detach waits for the open transaction
+            with psycopg.connect(database_url(), autocommit=True) as writer:
+                writer.execute("SET lock_timeout = '2s'")  # a writer queued behind a DROP fails here
+                writer.execute("INSERT INTO streams_trade (trade_time, trade_id, instrument_id, is_market_maker, "
+                               "price, volume) VALUES (%s, 2, 32000, true, 1, 1)", [november.trade_time])
+        finally:
+            holder.rollback()
+            holder.close()
+            dropping.join(timeout=30)
+        assert partitions.Month(2026, 10) not in seal.stored_months()
+
+
+def _drop_cold_in_a_thread() -> None:
+    try:
+        seal.drop_cold()
+    finally:
+        connection.close()
+
+
+def _waiting_on_locks() -> int:
+    with psycopg.connect(database_url(), autocommit=True) as probe:
+        return int(probe.execute("SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND "
+                                 "wait_event_type = 'Lock' AND (query ILIKE '%DETACH%' OR query ILIKE '%DROP%')"
+                                 ).fetchone()[0])
+
+
+def test_the_scrub_finds_a_flipped_byte_and_a_deleted_file_and_rebuilds_them_from_the_database(
+        settings: Any, tmp_path: Path) -> None:
+    with history(settings, tmp_path):
+        seal.seal_due()
+        flipped, deleted = DayKey("spot", "BTCUSDT", TRADE, date(2026, 10, 28)), DayKey(
+            "spot", "BTCUSDT", TRADE, date(2026, 10, 31))
+        path = Path(lake().full_path(flipped.path))
+        data = bytearray(path.read_bytes())
+        data[100] ^= 0x40
+        path.write_bytes(bytes(data))
+        Path(lake().full_path(deleted.path)).unlink()
+        settings.DATASET_SCRUB_DAYS = 600 / 86_400  # every file in one pass
+        report = seal.scrub()
+        assert sorted(report.damaged) == [str(flipped), str(deleted)] == sorted(report.rebuilt)
+        assert report.verified == 7
+        assert seal.scrub().damaged == []  # rebuilt: right again
+
+
+def test_the_scrub_marks_a_damaged_day_it_cannot_rebuild(settings: Any, tmp_path: Path) -> None:
+    with history(settings, tmp_path):
+        seal.seal_due()
+        key = DayKey("spot", "BTCUSDT", TRADE, date(2026, 10, 28))
+        Path(lake().full_path(key.path)).unlink()
+        start = datetime(2026, 10, 28, tzinfo=UTC)
+        PriceUpdate.objects.filter(trade_time__gte=start, trade_time__lt=start + timedelta(days=1)).delete()
+        settings.DATASET_SCRUB_DAYS = 600 / 86_400
+        report = seal.scrub()
+        assert report.damaged == [str(key)] and report.rebuilt == []
+        row = sealed_days()[key.day]
+        assert row.state == "damaged" and row.problem == "the file is missing"
+
+
+def test_the_scrub_finds_rows_deleted_from_a_hot_day_that_is_not_sealed(settings: Any, tmp_path: Path) -> None:
+    with history(settings, tmp_path) as ex:
+        day = date(2026, 10, 29)
+        update_coverage("BTCUSDT", TRADE)
+        rows = record_between(ex, day, day + timedelta(days=1))
+        PriceUpdate.objects.filter(ticker_symbol="BTCUSDT", trade_id=rows[3].trade_id).delete()
+        settings.DATASET_SCRUB_DAYS = 600 / 86_400
+        report = seal.scrub(now=datetime(2026, 11, 3, tzinfo=UTC))
+        assert report.hot_changed == ["BTCUSDT trade 2026-10-29"]
+        update_coverage("BTCUSDT", TRADE)
+        assert DayCoverage.objects.get(day=day).holes == [[rows[3].trade_id, rows[3].trade_id]]
