@@ -222,9 +222,8 @@ COLLECTOR_AUDIT_SCAN = env_int("COLLECTOR_AUDIT_SCAN", 1_000_000, minimum=1000)
 # Connection attempts of all stream tasks together (the exchange allows 300 per 5 minutes per IP).
 COLLECTOR_CONNECTION_BUDGET = env_int("COLLECTOR_CONNECTION_BUDGET", 250, minimum=1)
 COLLECTOR_CONNECTION_WINDOW = env_float("COLLECTOR_CONNECTION_WINDOW", 300.0, minimum=1.0)
-# Trades partitions (PostgreSQL, streams/partitions.py; the hourly `maintain partitions` task): whole months
-# dropped once they ended more than this many days ago (0: keep everything), and months made ahead.
-COLLECTOR_RETENTION_DAYS = env_int("COLLECTOR_RETENTION_DAYS", 0, minimum=0)
+# Trades partitions (PostgreSQL, streams/partitions.py; the hourly `maintain partitions` task): months made
+# ahead. Months are dropped by the dataset's hot window (DATASET_HOT_DAYS), once sealed in the lake.
 COLLECTOR_PARTITIONS_AHEAD = env_int("COLLECTOR_PARTITIONS_AHEAD", 2, minimum=1)
 
 # --- The dataset: the Parquet lake beside the database (streams/lake/, workers/seal.py, docs/dataset.md) -------
