@@ -145,7 +145,7 @@ def boss(db: None) -> User:
 
 def test_behind_a_tls_proxy_the_admin_login_works(boss: User, production: dict[str, Any],
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    # What issue 11 found: without the proxy's header Django takes the request for plain HTTP, and
+    # What went wrong before: without the proxy's header Django takes the request for plain HTTP, and
     # https://host for a foreign origin.
     with override_settings(SECURE_PROXY_SSL_HEADER=None, SECURE_SSL_REDIRECT=False, CSRF_TRUSTED_ORIGINS=[]):
         refused = login(Client(enforce_csrf_checks=True), host=HOST, origin=f"https://{HOST}")
