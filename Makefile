@@ -1,6 +1,6 @@
 # The two commands: `make run` checks the machine, sets up and starts the service; `make test` sets up and
 # passes the tests. What the Makefile cannot install itself (Debian): the README's Quickstart, one apt-get line.
-# `make run` and `make demo` read .env (generated on the first run) and the environment: see the README.
+# `make run` and `make demo` read .env (generated on the first run) and the environment: see docs/configuration.md.
 
 # Prefer Debian's python3.11: it is built with PGO/LTO and parses trades ~1.7x faster than a plain
 # source build (pyenv's, on these machines). Any Python 3.11 works.

@@ -1,4 +1,4 @@
-"""`manage.py benchmark --only browser`: live pages on one web process at a steady trade rate (issue 11, 2).
+"""`manage.py benchmark --only browser`: live pages on one web process at a steady trade rate.
 
 Four processes on this machine: the web process as the Procfile runs it (uvicorn), the pages (one process
 of raw WebSocket clients on uvloop, each counting every trade it gets), the publisher (what a streams
@@ -165,7 +165,7 @@ def measure(pages: int, rate: float, seconds: float, batch_ms: float, *, baselin
 
 
 def _start_baseline(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The web process as the Procfile ran it before issue 11, serving the group-per-page consumer."""
+    """The web process as the Procfile ran it before the live hub, serving the group-per-page consumer."""
     return subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.browser_baseline:application",  # noqa: S603
                              "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -294,8 +294,8 @@ async def _publish(rate: float, seconds: float, batch_ms: float) -> dict[str, An
             sent_after.append(time.time() * 1000 - int(text[at:text.find(",", at)]))
 
     layer.group_send = timed_group_send  # the stream side's Broadcaster, timed from outside
-    # Only `binance_data`: since issue 11 nobody joins `trades.<symbol>` (the stream side still sends there,
-    # 0.6 ms a group: see the README's note for the stream side).
+    # Only `binance_data`: since the live hub nobody joins `trades.<symbol>` (the stream side still sends
+    # there, 0.6 ms a group).
     broadcaster = Broadcaster([ALL_TRADES_GROUP], per_symbol=False, layer=layer, queue_size=1000)
     broadcaster.start()
     total = int(rate * seconds)

@@ -1,4 +1,4 @@
-"""The browser side as it was before issue 11, kept to measure against (`benchmark --only browser`).
+"""The browser side as it was before the live hub, kept to measure against (`benchmark --only browser`).
 
 One channel-layer group member per page (`binance_data` or `trades.<symbol>`), joined on connect and left
 on disconnect; nothing else. Served as `benchmarks.browser_baseline:application` by the benchmark only.

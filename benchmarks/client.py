@@ -180,7 +180,7 @@ def run_client_benchmarks(count: int) -> list[Result]:
     return [*bench_parse(), bench_receive(count)]
 
 
-# --- The standalone client against a bare websockets reader (issue 9) ----------------------------------------
+# --- The standalone client against a bare websockets reader ----------------------------------------------------
 
 _BENCH_STREAM = f"{BENCH_SYMBOL.lower()}@trade"
 

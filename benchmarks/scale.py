@@ -1,7 +1,7 @@
 """The scale run (`manage.py benchmark --only scale --streams N`): N symbol streams on one small machine.
 
 The fake exchange with N symbols, the Procfile's `beat`, `worker` and `streams` processes as production runs
-them (production's settings), a scratch PostgreSQL database and a private Redis. Measured (issue 9):
+them (production's settings), a scratch PostgreSQL database and a private Redis. Measured (docs/benchmarks.md, "Scale"):
 - start-up: every stream connected, how long after the workers started, with how many connection attempts;
 - a quiet market: CPU of beat + worker + streams over a minute, RSS per stream, Redis connections per process;
 - a busy market (`--rate` trades/s over all symbols): CPU per trade in `streams`, and the database equal to
@@ -97,7 +97,7 @@ def run_scale(streams: int, rate: float, burst: int, say: Callable[[str], None] 
 def _sigterm(ex: FakeExchange, process: subprocess.Popen[bytes], redis_url: str, streams: int,
              report: ScaleReport) -> None:
     """SIGTERM to the streams worker while every exchange connection has gone silent both ways (it reads
-    nothing, answers no ping and no close frame): the worst case for a stop (issue 8: within 15 s)."""
+    nothing, answers no ping and no close frame): the worst case for a stop (the promise: within 15 s)."""
     ex.inject("stall")  # every connection, no end
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""Settings: every value comes from the environment, read once here (see .env.example and the README)."""
+"""Settings: every value comes from the environment, read once here (see .env.example and docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
 _DEV_SECRET = "dev-only-insecure-secret-key-do-not-use-in-production"  # noqa: S105 (DEBUG only)
-# With DEBUG off, a short, repetitive or placeholder key (SECRET_KEY=change-me) stops start-up (issue 11).
+# With DEBUG off, a short, repetitive or placeholder key (SECRET_KEY=change-me) stops start-up: no known default.
 SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET) if DEBUG else env_secret("SECRET_KEY", "")
 if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (set DEBUG=1 for development)")
@@ -93,7 +93,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True  # serve from the apps' static folders too, without collectstatic in development
 LIVE_PAGE_TRADES = env_int("LIVE_PAGE_TRADES", 200, minimum=1)  # latest trades the live page opens with
-# The live feed (web/live/hub.py, README "The live page at scale"): one channel-layer member per web process
+# The live feed (web/live/hub.py; docs/live-page.md, "The live page at scale"): one channel-layer member per process
 # fans the trades out to its pages.
 LIVE_MAX_CONNECTIONS = env_int("LIVE_MAX_CONNECTIONS", 2500, minimum=1)  # pages per web process; more: 1013
 LIVE_MAX_FRAME = env_int("LIVE_MAX_FRAME", 4096, minimum=125)  # bytes a page may send in a frame (also uvicorn's)
@@ -104,7 +104,7 @@ LIVE_GROUP_EXPIRY = env_int("LIVE_GROUP_EXPIRY", 300, minimum=3)  # s: a process
 LIVE_LAYER_CAPACITY = env_int("LIVE_LAYER_CAPACITY", 1000, minimum=100)  # messages waiting per layer channel
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Security (issue 11; README "Security"): production differs from development only by its environment --
+# --- Security (docs/security.md): production differs from development only by its environment ------------
 # Behind a TLS proxy: the header it sets to "https" (X-Forwarded-Proto), so that Django knows the request
 # was secure (CSRF's origin check, the HTTPS redirect). Set it only when clients cannot reach web directly.
 SECURE_PROXY_SSL_HEADER = env_header("SECURE_PROXY_SSL_HEADER")
@@ -170,7 +170,7 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py 8's 5 s default socket timeout breaks the layer's blocking reads (channels_redis#422).
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-                   # Members are web processes that renew their membership every third of this (issue 11):
+                   # Members are web processes that renew their membership every third of this:
                    # a process that died is forgotten within it, not after channels-redis's 24 h.
                    "group_expiry": LIVE_GROUP_EXPIRY, "capacity": LIVE_LAYER_CAPACITY},
     }
@@ -182,7 +182,7 @@ BINANCE_REST_URL = env_url("BINANCE_REST_URL", "https://api.binance.com", ("http
 # Binance's public trade archive (import_archive; the audit for old days); the fake exchange serves it too.
 BINANCE_ARCHIVE_URL = env_url("BINANCE_ARCHIVE_URL", "https://data.binance.vision", ("http", "https"))
 
-# --- Stream client tunables (documented in the README) ------------------------------------------------
+# --- Stream client tunables (docs/configuration.md) ---------------------------------------------------
 BINANCE_BACKOFF_BASE = env_float("BINANCE_BACKOFF_BASE", 1.0, minimum=0.0)
 BINANCE_BACKOFF_CAP = env_float("BINANCE_BACKOFF_CAP", 60.0, minimum=0.0)
 BINANCE_BACKOFF_RESET_AFTER = env_float("BINANCE_BACKOFF_RESET_AFTER", 60.0, minimum=0.0)
@@ -234,7 +234,7 @@ DATASET_HOT_DAYS = env_days("DATASET_HOT_DAYS", 14)
 # Every sealed file and every hot day is verified again at least once in this many days, spread evenly.
 DATASET_SCRUB_DAYS = env_float("DATASET_SCRUB_DAYS", 7.0, minimum=0.01)
 
-# --- Logs (README "Logs"): one line per record on stderr, the stream id on every line of a stream ------
+# --- Logs (docs/live-page.md, "Logs"): one line per record on stderr, the stream id on every line -------
 # Celery's worker and beat apply this too (project/celery.py), so LOG_LEVEL is the one knob: celery -l is
 # ignored. LOG_FORMAT=json writes one JSON object per line for log shippers.
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").strip().upper()

@@ -1,6 +1,6 @@
 """Stored trades in the admin: read-only, one stream at a time, newest first, fast at any table size.
 
-What keeps the list fast at hundreds of millions of rows (issue 10, 1): it always shows one stream (there is
+What keeps the list fast at hundreds of millions of rows: it always shows one stream (there is
 no "All" choice), newest first by trade id, which the identity index of each partition walks (within a stream
 ids follow trade time); the date filter's ranges prune partitions; nothing counts the whole table (the
 paginator counts at most CAP rows, facets are off); no date hierarchy (it read every row for its years);

@@ -1,7 +1,7 @@
 """Best-effort broadcast of stored trades to channel-layer groups: never blocks or slows ingestion.
 
 Batches wait in a small bounded queue for one sender task; when the queue is full, or the layer is
-missing, slow or down, batches are dropped and counted (promise 5 of DESIGN.md).
+missing, slow or down, batches are dropped and counted: ingestion never waits on the browsers.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One-off collection into the database: stream client -> writer -> database, then broadcast.
 
 The client, the writer, the broadcaster and the progress reporter run under one asyncio.TaskGroup: an
-unexpected error in any of them ends the collection loudly (issue 8, 1) instead of leaving a command
+unexpected error in any of them ends the collection loudly instead of leaving a command
 that reads and stores nothing.
 """
 

@@ -24,7 +24,7 @@ def client_config(streams: Iterable[tuple[str, str]]) -> ClientConfig:
         backfill_max_trades=settings.BINANCE_BACKFILL_MAX_TRADES,
         queue_size=settings.BINANCE_QUEUE_SIZE,
         streams_per_connection=settings.BINANCE_STREAMS_PER_CONNECTION,
-        # Microseconds everywhere (issue 10): a trade from the stream, from REST and from the archive is
+        # Microseconds everywhere: a trade from the stream, from REST and from the archive is
         # then the same row, to the microsecond.
         micros=True,
     )

@@ -1,4 +1,4 @@
-"""Stored trades exported one file per symbol and UTC day (issue 10, 4): `<SYMBOL>-trades-YYYY-MM-DD.csv.gz` in
+"""Stored trades exported one file per symbol and UTC day: `<SYMBOL>-trades-YYYY-MM-DD.csv.gz` in
 the archive's own columns and order, or `.parquet` with typed columns that pandas, polars and DuckDB read as
 they are.
 

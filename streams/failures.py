@@ -2,12 +2,13 @@
 
 The exchange's errors are classified by the pure core (`streams.binance.errors.retry_delay`); this module
 adds the database (psycopg's own classes, and Django's wrappers of them) and Redis, and is what every
-retry loop outside the core asks (STYLE.md "Errors": one function decides, nothing else does).
+retry loop outside the core asks (one function decides, nothing else does: docs/design.md, "Why errors are
+classified in one place").
 
 - TRANSIENT: the service on the other side is away or busy (a restart, a failover, a full disk, a
   dropped connection): keep the data, retry with the one backoff policy, say so in the status.
 - CONTENT: the database refused this data (a value out of range, a check constraint): retrying cannot
-  help; isolate the refused rows, dead-letter them with the reason, store the rest (promise 9).
+  help; isolate the refused rows, dead-letter them with the reason, store the rest.
 - FATAL: a bug or a configuration error (a missing table, bad credentials, a wrong command): stop
   loudly with the traceback instead of retrying for ever.
 """

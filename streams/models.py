@@ -1,6 +1,6 @@
 """The stored trades.
 
-Two layouts behind one model, `PriceUpdate` (issue 10, 1; README "Storage"):
+Two layouts behind one model, `PriceUpdate` (docs/dataset.md, "Storage"):
 - PostgreSQL: the lean table `streams_trade` (`StoredTrade`), partitioned by month of trade time
   (streams/partitions.py), with a small instrument id instead of the symbol and channel texts, and
   `streams_priceupdate` a view over it that gives back the seed's columns. Storage writes the table;
@@ -49,7 +49,7 @@ class Instrument(models.Model):
 class StoredTrade(models.Model):
     """The PostgreSQL trades table itself, `streams_trade` (partitioned; see streams/partitions.py).
 
-    Lean, because there will be billions of rows (README "Storage"): the instrument's 2-byte id instead of
+    Lean, because there will be billions of rows (docs/design.md): the instrument's 2-byte id instead of
     the symbol and channel texts; the event and receive times as microseconds after the trade time in
     4-byte integers (`event_time`/`received_time` hold them whole only when that does not fit: more than
     35 minutes apart); NULL where there is nothing to say, which costs no bytes (the event time of a REST

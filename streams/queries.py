@@ -4,7 +4,7 @@ The one place (with streams.storage, which writes) that knows how trades are lai
 `PriceUpdate` model and the public column names of `streams_priceupdate` only (`ticker_symbol`, `channel`,
 `trade_id`, `price`, `volume`, `trade_time`, `is_market_maker`), so a new layout behind them (a view over a
 partitioned table) needs no change elsewhere. Ids are consecutive per symbol and channel, and increase
-with trade time (DESIGN.md, "The Binance protocol facts").
+with trade time (docs/design.md, "Gaps are healed, not just logged").
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class Runner:
                 self.idle.set()
 
     def keep_what_was_read(self) -> int:
-        """Everything already read from the sockets goes to the sink too (DESIGN.md promise 7)."""
+        """Everything already read from the sockets goes to the sink too (clean stops lose nothing)."""
         leftover = self.client.take_ready(10**9)
         if leftover:
             self.sink.keep(leftover)

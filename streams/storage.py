@@ -1,13 +1,13 @@
 """Writing trades: one idempotent statement per batch, never a read of trades before the write.
 
-PostgreSQL (the lean layout of issue 10, `streams.models.StoredTrade`): COPY the batch, as text we build
+PostgreSQL (the lean layout, `streams.models.StoredTrade`): COPY the batch, as text we build
 ourselves from the exchange's own decimal strings, straight into the partitioned table `streams_trade`,
 a chunk at a time so that the server parses one while the next is formatted. If a partition's identity
 index refuses it (a trade of the batch was stored already, which only a redelivery causes), the batch
 goes through a temporary staging table and one INSERT ... SELECT ... ON CONFLICT DO NOTHING instead.
 Each process learns the instruments' ids and the months that have a partition once (kept after their
 transaction commits): a batch of a new instrument, or of a month without a partition, first makes it.
-Times are stored to the microsecond whatever unit the trade came in. Figures: README "Benchmarks".
+Times are stored to the microsecond whatever unit the trade came in. Figures: docs/benchmarks.md.
 SQLite: INSERT OR IGNORE into the plain table.
 """
 
@@ -81,13 +81,13 @@ class StoreResult:
 def store_trades(trades: Sequence[Trade], using: str = DEFAULT_DB_ALIAS) -> StoreResult:
     """Store `trades` in one transaction; a trade already stored is skipped, never duplicated.
 
-    One poison value never stops storage (DESIGN.md promise 9): when the database refuses the batch
+    One poison value never stops storage (nothing fails silently): when the database refuses the batch
     for its content (streams.failures: a value out of range, a constraint), the batch is bisected
     until the refused trades are isolated; the rest is stored and the refused ones are returned in
     `refused` for the caller to dead-letter. Transient and fatal errors propagate: nothing was stored.
     """
     unfit = _unfit(trades)
-    if unfit:  # the column would keep them, but no exchange value has them: refuse, never round (promise 1)
+    if unfit:  # the column would keep them, but no exchange value has them: refuse, never round (exact decimals)
         refused = tuple(Refusal(t, f"price {t.price_text} or volume {t.quantity_text} does not fit numeric(28,8)")
                         for t in unfit)
         for refusal in refused:

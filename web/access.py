@@ -1,4 +1,4 @@
-"""Who may see the internal pages (issue 11): /status/, /api/streams/ and /metrics.
+"""Who may see the internal pages (docs/security.md): /status/, /api/streams/, /api/coverage/ and /metrics.
 
 A staff login (the admin's session), or `Authorization: Bearer <METRICS_TOKEN>` for a scraper; with
 STATUS_PUBLIC=1, anyone for the pages that say so (a trusted network). Everyone else is refused: a browser

@@ -2,7 +2,7 @@
 
 A page is a local subscriber of its web process's hub (`web.live.hub`), never a channel-layer member
 of its own: the layer sees one member per process, so pages come and go without touching Redis and
-cannot leave stale memberships behind (issue 11, 2).
+cannot leave stale memberships behind.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def direct_writer(send: Any) -> Direct | None:
     """With uvicorn's websockets-sansio protocol (the Procfile's web process, uvicorn 0.54): a ready frame
     written straight to the connection's transport while uvicorn's own backpressure flag says it is
     writable. This skips a task wake-up, the ASGI send and the framing per page and frame, the fan-out's
-    cost at 2,000 pages (README "The live page at scale"); frames stay whole, so they interleave with
+    cost at 2,000 pages (docs/live-page.md, "The live page at scale"); frames stay whole, so they interleave with
     uvicorn's pings and close safely. Any other server (or version): None, and the ASGI send is used."""
     protocol = getattr(send, "__self__", None)
     if type(protocol).__module__ != "uvicorn.protocols.websockets.websockets_sansio_impl" or not all(

@@ -1,4 +1,4 @@
-"""Days the archive has not published yet, filled from REST (historicalTrades by fromId, issue 10, 2).
+"""Days the archive has not published yet, filled from REST (historicalTrades by fromId).
 
 A run of missing days [t0, t1) is bounded by what is stored around it: the last trade stored before t0 and
 the first one stored from t1 on (the next imported day, or the live stream's trades). Between the two the

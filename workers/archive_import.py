@@ -1,4 +1,4 @@
-"""Importing Binance's public trade archive (issue 10, 2): files downloaded, verified, streamed into storage.
+"""Importing Binance's public trade archive (docs/dataset.md): files downloaded, verified, streamed into storage.
 
 For each symbol, the files that cover the days asked (streams.archive.plan_periods: monthly files for
 whole months, daily ones for the rest) are taken in order. Each file's `.CHECKSUM` is read first: a file

@@ -1,6 +1,6 @@
 """The periodic audit: holes in the stored trade ids, found and filled over the whole stored range.
 
-Binance trade ids are consecutive per symbol and channel (DESIGN.md promise 2), so a hole between two
+Binance trade ids are consecutive per symbol and channel, so a hole between two
 stored ids is a trade the pipeline lost (a Redis restart that emptied the buffer, a gap the stream
 could not heal, rows deleted); the audit fetches it and stores it: from the archive's daily files when the
 hole is wide and its days are published (one download instead of thousands of REST calls), and from REST
@@ -11,7 +11,7 @@ says up to which id everything is known to be stored; each pass looks only above
 `COLLECTOR_AUDIT_SCAN` ids. A slice is first counted (one index scan: all there, nothing more to do) and
 only searched for holes when the count falls short, so clean slices are passed quickly, several a pass;
 the pass ends at the first slice with holes, filled, and the watermark moves up to just before the first
-hole that could not be filled. Nothing is ever left behind a window that moved on (issue 8, 3). Trades
+hole that could not be filled. Nothing is ever left behind a window that moved on. Trades
 stored below the watermark's range (an archive import of older days) or a hole found below it (the
 coverage report) send it back down (`lower_watermark`), so the walk goes through them again.
 

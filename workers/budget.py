@@ -106,7 +106,7 @@ return 1
 
 class RedisWeightBudget:
     """streams.binance.rest.WeightBudget shared through Redis: 200 gaps healed at once, from several
-    processes, never draw a 429 or a 418 ban (issue 9)."""
+    processes, never draw a 429 or a 418 ban."""
 
     def __init__(self, client: redis.asyncio.Redis, *, budget: int, window: float = 60.0) -> None:
         self._client = client

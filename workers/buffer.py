@@ -2,11 +2,11 @@
 
 Stream tasks (asyncio) append batches of parsed trades; the flush task (sync, Celery beat) reads them
 through the consumer group `BUFFER_GROUP`, writes them with one `store_trades` call, and only after that
-commit acknowledges and deletes them (DESIGN.md promises 1, 5, 7). Delivery is at-least-once; the
+commit acknowledges and deletes them (docs/design.md, "The promises"). Delivery is at-least-once; the
 storage's unique key makes a second write of the same trade harmless.
 
 Depth is bounded by a counter of waiting trades (`BUFFER_TRADES`), never by XADD MAXLEN/MINID trimming,
-which would drop entries no flusher has written yet (DESIGN.md "Known traps"). The counter moves only
+which would drop entries no flusher has written yet (XADD's MAXLEN trims unread entries). The counter moves only
 inside Lua scripts, together with the entries it counts: +n with the XADDs, -n with the XDELs that
 actually removed an entry, so a double acknowledgement cannot count twice; when the stream is empty it is
 reset to 0, which heals any drift.
@@ -154,7 +154,7 @@ async def append_trades(r: redis.asyncio.Redis, trades: Sequence[Trade], *, chun
     `last_ids` (key: id, the resume point of each stream in the batch) are written in the same step.
 
     Raises BufferFull (adding nothing) when the buffer already holds COLLECTOR_BUFFER_MAX_TRADES trades:
-    the caller holds back and the REST backfill fills the hole later (promise 5). No MAXLEN trimming.
+    the caller holds back and the REST backfill fills the hole later (ingestion never waits). No MAXLEN.
     """
     if not trades:
         return 0
@@ -256,7 +256,7 @@ def _flush_locked(r: redis.Redis, consumer: str, batch: int, idle: float, *, usi
     stored = store(trades, using) if trades else StoreResult(0, 0)
     # Kept before the entries are acknowledged: a crash in between dead-letters twice, never loses one.
     dead = dead_letter(r, _dead_letters(entries, stored))
-    left = _ack(r, entries)  # only after the commit (promise 1)
+    left = _ack(r, entries)  # only after the commit (every trade once)
     logger.info("buffer: %s wrote %d trades from %d entries (%d new, %d duplicates, %d reclaimed, "
                 "%d dead-lettered); %d waiting", consumer, len(trades), len(entries), stored.inserted,
                 stored.duplicates, reclaimed, dead, left)
@@ -291,7 +291,7 @@ def _pairs(data: list[Any] | None) -> dict[Any, Any]:
 
 
 def _entry(entry_id: bytes | str, data: dict[Any, Any]) -> _Entry:
-    """An entry read from the buffer, decoded and re-validated trade by trade (DESIGN.md promise 11:
+    """An entry read from the buffer, decoded and re-validated trade by trade (Redis is the trust boundary:
     whoever can write to Redis must not be able to store what the exchange could not have sent)."""
     raw_id = entry_id.encode() if isinstance(entry_id, str) else entry_id
     count, payload = _field(data, "n"), _field(data, "t")

@@ -1,4 +1,4 @@
-"""Completeness per symbol, channel and UTC day (issue 10, 3; DESIGN.md promise 10).
+"""Completeness per symbol, channel and UTC day (docs/dataset.md, "Completeness per day").
 
 For each day: the trades stored, the first and last id, the holes (id ranges) inside the day and at its
 edges, and what the archive's file said the day holds when it was imported. Ids are consecutive per

@@ -1,7 +1,7 @@
 """Dead letters: what could not be stored, kept in Redis with the reason, for operators to see.
 
-One list for every kind (DESIGN.md promises 6 and 9): frames the parser refused, buffer entries that
-cannot be decoded or whose trades fail re-validation (Redis is the trust boundary, promise 11), and
+One list for every kind (bad input is contained, nothing fails silently): frames the parser refused, buffer entries that
+cannot be decoded or whose trades fail re-validation (Redis is the trust boundary), and
 trades the database refused for their content. A Redis Stream capped at `KEPT` entries (the newest
 win: they are evidence, not data waiting to be written, so trimming them loses nothing owed to the
 database) and an exact counter of everything ever dead-lettered.

@@ -1,7 +1,7 @@
 """Task events for Flower and the task's result state, sent from one thread per process, never from a loop.
 
-Celery's `send_event` and `update_state` block while their publish is retried, about 20 s on a Redis blip
-(issue 8, 1b): on a stream's event loop that would stall the heartbeat and the fence with it. Stream
+Celery's `send_event` and `update_state` block while their publish is retried, about 20 s on a Redis blip:
+on a stream's event loop that would stall the heartbeat and the fence with it. Stream
 tasks `offer` their latest status here instead, which never blocks; one daemon thread sends the newest
 status of each task and drops the older ones it did not get to.
 """

@@ -60,7 +60,7 @@ def health_problems() -> list[str]:
     """Why the service is unhealthy; empty when Redis and the database answer and the beat runs.
 
     Open to anyone (load balancers): it says what is down, never hosts, ports, users or the errors'
-    text, which go to the log (issue 11)."""
+    text, which go to the log."""
     problems = []
     beat_seen: bytes | None = None
     now = 0.0

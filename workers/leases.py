@@ -1,4 +1,4 @@
-"""One owner per stream: a lease in Redis with a TTL, renewed by the heartbeat (DESIGN.md promise 3)."""
+"""One owner per stream: a lease in Redis with a TTL, renewed by the heartbeat (docs/design.md)."""
 
 from __future__ import annotations
 

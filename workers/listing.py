@@ -4,7 +4,7 @@ Spec: rest-api.md "Exchange information": weight 20 with or without parameters; 
 one symbol it does not list fails the whole call with -1121 ("Invalid symbol.") without saying which; enums.md
 "Symbol status": TRADING, END_OF_DAY, HALT, BREAK, CANCEL_ONLY. Only TRADING symbols make trades.
 
-A symbol that stops trading keeps its streams enabled (issue 9): a BREAK or a HALT ends, and the stream, still
+A symbol that stops trading keeps its streams enabled: a BREAK or a HALT ends, and the stream, still
 subscribed, carries the first trades after it with no gap and no one having to enable it again. It is
 reported instead: `check_trading` (every few minutes, one call for all enabled symbols) marks it in Redis, logs
 once when its status changes, and `streams list|status`, the admin and `not_trading()` show it.

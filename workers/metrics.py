@@ -1,6 +1,6 @@
 """Prometheus metrics, read from Redis at scrape time: every worker process's streams in one place.
 
-Named as Prometheus asks (prometheus.io/docs/practices/naming, issue 11, 4): counters end in `_total` and
+Named as Prometheus asks (prometheus.io/docs/practices/naming): counters end in `_total` and
 come from each stream's counters hash (`collector:counters:<sid>`), which outlives its tasks, so they never
 go back when a task restarts; units are in the names (`_seconds`); states and ages are gauges. A scrape
 costs a fixed number of Redis round trips whatever the number of streams: the status SCAN and its

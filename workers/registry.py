@@ -3,7 +3,7 @@
 The one place that knows how a symbol stream is represented: a periodic task named `stream <sid>`
 that runs `workers.tasks.ensure_stream` with kwargs {"symbol": "BTCUSDT", "channel": "trade"} every
 ENSURE_EVERY seconds; its `enabled` flag says whether the stream should run. Changes are made in bulk
-(one transaction, one notice to beat) whether they touch one stream or every listed symbol (issue 9).
+(one transaction, one notice to beat) whether they touch one stream or every listed symbol.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ NAME_PREFIX = "stream "
 # s between two ensure_stream ticks of one stream. The supervise_streams pass (every 10 s) is what starts,
 # restarts and stops streams, reading the enabled set in one query; a stream's own tick is the switch the
 # admin shows and a slow second path. Ticks are beat's cost: beat spends O(all its tasks) per task it
-# sends, and 1,500 streams every 10 s asked for 150 sends/s, more than beat managed on a whole core (the
-# README's figures). Hourly, spread over the hour (`_tick_offset`), they cost beat 0.4 sends/s.
+# sends, and 1,500 streams every 10 s asked for 150 sends/s, more than beat managed on a whole core (docs/benchmarks.md,
+# "Enabling 1,500 streams"). Hourly, spread over the hour (`_tick_offset`), they cost beat 0.4 sends/s.
 # Migration 0005 moved existing stream tasks to this schedule; a later change needs a migration too.
 ENSURE_EVERY = 3600
 _BATCH = 500  # rows per INSERT / UPDATE statement

@@ -6,9 +6,9 @@ runtime and waits (`Runtime.run_stream`). The runtime owns the shared parts: one
 streams share combined connections, one runner pumping every stream's trades into the Redis hand-off
 buffer (one script per batch, the resume point of each stream moving with its trades), one heartbeat
 for all streams (lease renewals in one script, stop flags in one read, statuses and counters in one
-pipeline), one broadcaster. Batching per process, not per trade (issue 9).
+pipeline), one broadcaster. Batching per process, not per trade: 1,500 streams on two cores.
 
-The promises of issue 8 stay: everything runs supervised (an unexpected error ends every stream of the
+The promises stay (docs/design.md): everything runs supervised (an unexpected error ends every stream of the
 client, logged once, and the supervisor restarts them); the leases are fenced (no renewal confirmed
 within 3/4 of the TTL: every connection is dropped before a lease can expire); stops are bounded.
 """
@@ -70,8 +70,8 @@ FINAL_HANDOVER = 3.0   # s to hand what was read to the buffer once stopping
 FINAL_REDIS = 1.0      # s for each last Redis call (statuses, lease releases)
 FENCE_AT = 0.75        # of the lease TTL after a renewal was sent: drop every connection if none confirmed since
 EVENT_EVERY = 30.0     # s between two task events of a stream whose state did not change (Flower)
-HAND_OFF_TICK = 0.05   # s a hand-off batch gathers the trades of every stream (issue 9: per process, not per trade)
-REDIS_CONNECTIONS = 16  # the runtime's own; its work is pipelined (issue 9: <= 50 Redis connections a process)
+HAND_OFF_TICK = 0.05   # s a hand-off batch gathers the trades of every stream (per process, not per trade)
+REDIS_CONNECTIONS = 16  # the runtime's own; its work is pipelined (<= 50 Redis connections a process)
 _REGRESSIONS_KEPT = 10_000
 _STREAM_IN_FRAME = re.compile(r'"stream":"([a-z0-9]+@[A-Za-z]+)"')
 
@@ -509,7 +509,7 @@ class Runtime:
 
     def _fenced(self) -> None:
         """No lease renewal was confirmed in time: drop every exchange connection now, before a lease can
-        expire and another task take a stream (DESIGN.md promise 3)."""
+        expire and another task take a stream (docs/design.md, "One owner per stream")."""
         if not self.handles:
             return
         ttl = settings.COLLECTOR_LEASE_TTL

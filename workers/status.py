@@ -1,7 +1,7 @@
 """Each stream's live status in Redis: one typed record, written by its task's heartbeat, read by the
 supervisor, the status pages, the admin, the metrics and Flower.
 
-One clock (issue 8, 4): a host whose wall clock is off must neither get its healthy streams restarted
+One clock: a host whose wall clock is off must neither get its healthy streams restarted
 nor hide a stall. The task writes ages it measured itself on the monotonic clock (seconds since the last
 frame, since connecting, stuck for); the write is stamped with the Redis server's clock (`updated_at`,
 inside the script), and readers compare with the same server clock. Exchange times (`last_trade_ts`)

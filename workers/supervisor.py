@@ -1,4 +1,5 @@
-"""Enabled streams x leases x heartbeats -> start, restart or stop (DESIGN.md promises 3 and 4).
+"""Enabled streams x leases x heartbeats -> start, restart or stop (docs/design.md, "One owner per stream",
+"Dead streams come back").
 
 A pass reads what Redis holds about every stream in one pipelined round trip (stop flag, lease, status),
 decides in Python (`verdict`), and acts in a second one; 1,500 streams cost two round trips, not 6,000.
@@ -124,7 +125,7 @@ def _plan(pipe: redis.client.Pipeline, sid: str, seen: Seen, actions: Actions) -
         return "running"
     if decided == STALE:
         # Alive enough to hold its lease, but stale: ask it to stop. Its lease is not taken from it (one
-        # owner per stream, promise 3): it releases the lease when it stops, at its next heartbeat, or
+        # owner per stream): it releases the lease when it stops, at its next heartbeat, or
         # the lease expires; the next pass then starts a new task, which resumes where it ended.
         assert seen.owner is not None
         if stop != seen.owner:

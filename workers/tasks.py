@@ -1,6 +1,6 @@
 """Celery tasks: thin shells over plain functions (the functions are what the tests call directly).
 
-Acks, pools and limits (see the README's "Processes"):
+Acks, pools and limits (docs/design.md, "How a stream runs, and why it is set up so"):
 - run_stream runs for as long as the stream is enabled. It is acknowledged early (acks_late off) and has no
   time limit: a late-acked task running past Redis's visibility_timeout is delivered again (celery#5935).
   If its worker dies, the lease expires and the supervisor starts a new task: that, not redelivery, is
@@ -136,7 +136,7 @@ def flush_trades() -> int:
     consumer = f"{socket.gethostname()}:{os.getpid()}"  # stable per process: its pending entries come back to it
 
     def work() -> int:
-        # A failure leaves the entries unacknowledged: they wait in the buffer for the next flush (promise 5).
+        # A failure leaves the entries unacknowledged: they wait in the buffer for the next flush.
         result = flush_all(sync_redis(), consumer, max_seconds=max(settings.COLLECTOR_FLUSH_INTERVAL * 5, 5.0))
         return result.trades
 

@@ -258,7 +258,7 @@ class StreamClient:
         """Stop at once, without waiting for anything: drop the connections (no close handshake).
 
         For fencing (a task that cannot confirm its lease must stop streaming before the lease can
-        expire, DESIGN.md promise 3): synchronous, so it takes effect before the caller's next await."""
+        expire: docs/design.md, "One owner per stream"): synchronous, so it acts before the caller's next await."""
         if not self._stopping.is_set():
             logger.warning("stream client aborted: %s", reason)
         self._stopping.set()

@@ -82,7 +82,7 @@ class Connection:
     """A connection to a combined stream, with its reader and watchdog tasks.
 
     The tasks are started through `spawn` (the client's supervisor): an unexpected error in one of them
-    ends the client loudly instead of leaving a connection that reads nothing (issue 8, 1)."""
+    ends the client loudly instead of leaving a connection that reads nothing."""
 
     def __init__(self, settings: ConnectionSettings, streams: list[str], sink: EventSink,
                  clock: Callable[[], float] = time.monotonic, *, spawn: Spawn = _create_task) -> None:

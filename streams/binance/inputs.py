@@ -1,4 +1,4 @@
-"""Values typed by people (command-line arguments, environment variables), parsed strictly (issue 11).
+"""Values typed by people (command-line arguments, environment variables), parsed strictly.
 
 Pure functions, no Django: the standalone client, the one-off command and the settings share them. Each
 raises `ValueError` with a message that names the value; callers add the argument or variable's name.

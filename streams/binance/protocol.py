@@ -6,7 +6,7 @@ Spec: binance-spot-api-docs, web-socket-streams.md ("General WSS information", "
 
 Parsing has two paths with one meaning: msgspec decodes the common frame (a combined-stream trade or aggTrade)
 straight into typed fields, and anything it does not take goes to the general path (orjson, then checks in
-Python), which is also the reference the fast path is tested against (issue 9).
+Python), which is also the reference the fast path is tested against.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ MAX_FRAME_BYTES: Final = 1 << 20
 # Timestamps at or above this are microseconds (timeUnit=MICROSECOND); below, milliseconds.
 _MICROSECOND_THRESHOLD: Final = 10**14
 _MAX_TIMESTAMP: Final = 10**17
-# What storage holds (DESIGN.md promise 9: a value a column cannot hold is a bad frame, never a stuck
+# What storage holds (nothing fails silently: a value a column cannot hold is a bad frame, never a stuck
 # flush): ids are signed 64-bit, prices and quantities numeric(28,8), symbols varchar(20).
 MAX_ID: Final = 2**63 - 1
 DECIMAL_INTEGER_DIGITS: Final = 20
@@ -426,8 +426,8 @@ def _error_code(code: Any) -> int:
 def validate_trade(trade: Trade) -> Trade:
     """`trade` if every field is what the parser would have made, else ParseError naming the field.
 
-    For trades that crossed a trust boundary after parsing (the Redis hand-off buffer, DESIGN.md
-    promise 11): whoever can write there must not be able to store what the exchange could not send.
+    For trades that crossed a trust boundary after parsing (the Redis hand-off buffer, docs/security.md,
+    "Redis is the trust boundary"): whoever can write there must not be able to store what the exchange could not send.
     """
     try:
         if type(trade) is not Trade or trade.channel not in CHANNELS:

@@ -200,8 +200,8 @@ class BinanceRest:
             try:
                 return orjson.loads(response.content)
             except orjson.JSONDecodeError:
-                # A proxy's or CDN's error page with status 200: the API's state is unknown, like a 5xx
-                # (issue 8, 1a). Retried on the same schedule; never allowed to escape as a ValueError.
+                # A proxy's or CDN's error page with status 200: the API's state is unknown, like a 5xx.
+                # Retried on the same schedule; never allowed to escape as a ValueError.
                 raise ExchangeUnavailable(200, f"answered 200 with a body that is not JSON "
                                                f"({response.headers.get('content-type', 'no content type')}): "
                                                f"{response.text[:120]}") from None

@@ -1,4 +1,4 @@
-"""Supervised background tasks: nothing a stream starts may die unseen (DESIGN.md promise 9).
+"""Supervised background tasks: nothing a stream starts may die unseen (docs/design.md, "Nothing fails silently").
 
 `asyncio.TaskGroup`'s rule — an error in one task ends them all and reaches the owner — for owners whose
 tasks come and go over a long life (a backfill per gap, a reader per connection), where one `async with`

@@ -1,4 +1,4 @@
-"""The lean layout of the trades (issue 10, 1), and the move of an installation's trades into it.
+"""The lean layout of the trades (docs/dataset.md, "Storage"), and the move of an installation's trades into it.
 
 PostgreSQL: the seed's table is renamed aside; `streams_instrument` gets one row per (symbol, channel);
 `streams_trade` is made, partitioned by month of trade time (streams/partitions.py), with a partition per

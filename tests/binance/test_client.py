@@ -262,7 +262,7 @@ async def test_an_unknown_symbol_is_a_clear_error() -> None:
         assert info["symbol"] == "BTCUSDT"
 
 
-# --- No silent failure (issue 8) -------------------------------------------------------------------------
+# --- No silent failure -----------------------------------------------------------------------------------
 
 async def fast_sleep(seconds: float) -> None:
     """REST retries without the wait: the schedule is the one under test elsewhere."""

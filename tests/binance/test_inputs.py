@@ -1,5 +1,5 @@
-"""Bad command-line input and bad endpoint URLs get a one-line error naming the value, never a traceback
-(issue 11, 1), from the standalone client and from manage.py binance_websocket_client."""
+"""Bad command-line input and bad endpoint URLs get a one-line error naming the value, never a traceback,
+from the standalone client and from manage.py binance_websocket_client."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def test_it_parses_every_recorded_binance_frame_exactly() -> None:
         last_ids[trade.symbol] = trade.trade_id
 
 
-# --- The fast path (msgspec) and the general path (orjson, then Python) mean the same (issue 9) ---------
+# --- The fast path (msgspec) and the general path (orjson, then Python) mean the same -------------------
 
 
 class Raw(str):

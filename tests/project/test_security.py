@@ -1,4 +1,4 @@
-"""Secure defaults (issue 11, 1): check --deploy is clean with the documented production environment, a weak
+"""Secure defaults: check --deploy is clean with the documented production environment, a weak
 secret key stops start-up, the admin's login works behind a TLS proxy, passwords are validated and login
 attempts throttled."""
 
@@ -31,10 +31,10 @@ KEEP = ("PATH", "HOME", "LANG", "DATABASE_URL", "REDIS_URL", "PYTHONPATH")
 
 
 def documented_production_environment(tmp_path: Path) -> dict[str, str]:
-    """The README's production block, with generated values where it says <generated>."""
-    text = (ROOT / "README.md").read_text()
+    """docs/deployment.md's production block, with generated values where it says <generated>."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
     block = re.search(r"<!-- production-environment[^>]*-->\n```sh\n(.*?)```", text, re.S)
-    assert block, "the README's Security section lost its production environment block"
+    assert block, "docs/deployment.md lost its production environment block"
     (tmp_path / "production.env").write_text(block.group(1))
     values = envfile_read(tmp_path / "production.env")
     return {name: secrets.token_urlsafe(50) if value == "<generated>" else value for name, value in values.items()}
@@ -145,7 +145,7 @@ def boss(db: None) -> User:
 
 def test_behind_a_tls_proxy_the_admin_login_works(boss: User, production: dict[str, Any],
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    # What issue 11 found: without the proxy's header Django takes the request for plain HTTP, and
+    # What went wrong before: without the proxy's header Django takes the request for plain HTTP, and
     # https://host for a foreign origin.
     with override_settings(SECURE_PROXY_SSL_HEADER=None, SECURE_SSL_REDIRECT=False, CSRF_TRUSTED_ORIGINS=[]):
         refused = login(Client(enforce_csrf_checks=True), host=HOST, origin=f"https://{HOST}")

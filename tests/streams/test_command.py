@@ -122,7 +122,7 @@ def terminate_other_sessions() -> int:
 
 def test_batch_mode_rides_out_the_database_shutting_its_sessions_down(exchange: FakeExchange) -> None:
     # Today's main: AdminShutdown, raised raw by psycopg inside COPY, ended the writer task; close() then
-    # raised, and the command died with a traceback, against what the README promises.
+    # raised, and the command died with a traceback, against what docs/operating.md promises.
     env = command_env(exchange, DATABASE_CONN_MAX_AGE="600")  # one session, kept between writes
     process = start_manage("binance_websocket_client", "--limit", "900", "--batch-size", "25", env=env)
     try:

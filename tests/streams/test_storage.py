@@ -139,7 +139,7 @@ def test_postgresql_stores_times_as_microseconds_after_the_trade_and_nothing_for
 
 
 def test_sqlite_keeps_what_its_decimals_can_hold() -> None:
-    # SQLite stores decimals as REAL: about 15 significant digits survive (README, "What SQLite keeps").
+    # SQLite stores decimals as REAL: about 15 significant digits survive (docs/dataset.md, "What SQLite keeps").
     trades = [make(1, price="61837.63000000", qty="0.00012000"), make(2, price="0.00000001", qty="123.45",
                                                                       received=RECEIVED)]
     store_trades(trades, "sqlite")
@@ -216,7 +216,7 @@ def test_the_last_stored_id_and_the_latest_trades_are_index_walks() -> None:
 
 
 def test_a_live_trade_costs_at_most_125_bytes_with_its_index() -> None:
-    # The seed's layout took ~265 bytes a trade; README "Storage" says how the figure is measured at scale.
+    # The seed's layout took ~265 bytes a trade; docs/dataset.md, "Storage", says how it is measured at scale.
     count = 20_000
     trades = [make(i, price=f"{61837 + i % 997}.{i % 100:02d}000000", qty=f"0.{i % 9973:05d}000",
                    ts=1723161255342123 + i * 997, event=1723161255343123 + i * 997,

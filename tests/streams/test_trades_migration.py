@@ -18,7 +18,7 @@ from streams.storage import store_trades
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
 
 SEED = "0001_initial"
-# SQLite keeps ~15 significant digits (README "What SQLite keeps"); PostgreSQL every one of numeric(28,8).
+# SQLite keeps ~15 significant digits (docs/dataset.md, "What SQLite keeps"); PostgreSQL every one of numeric(28,8).
 EXTREME = {"default": "99999999999999999999.99999999", "sqlite": "9999999.99999999"}
 FIELDS = ("ticker_symbol", "channel", "trade_id", "price", "volume", "trade_time", "event_time", "is_market_maker",
           "first_trade_id", "last_trade_id")

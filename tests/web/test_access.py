@@ -1,5 +1,5 @@
 """/status/, /api/streams/ and /metrics are for staff and the metrics token only, unless STATUS_PUBLIC opens
-the first two; /healthz is open and says only what is down (issue 11, 1)."""
+the first two; /healthz is open and says only what is down."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The browser's WebSocket and its process's live hub, on the real channels-redis layer and Redis.
 
-Issue 11, 2: each test below failed on the consumer that joined a layer group per page (a frame of any
+Each test below failed on the consumer that joined a layer group per page (a frame of any
 size was read and ignored, pages were never refused, a page that could not keep up was never dropped,
 the layer had one member per page and kept them after abrupt ends, a membership lapsed after 24 h, and
 the state was polled from /api/streams/ by every page).

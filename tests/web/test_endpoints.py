@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 
 def staff() -> Client:
-    """/api/streams/ and /metrics are for staff or the metrics token (issue 11; tests/project/test_access.py)."""
+    """/api/streams/ and /metrics are for staff or the metrics token (tests/web/test_access.py)."""
     client = Client()
     client.force_login(User.objects.get_or_create(username="ops", defaults={"is_staff": True})[0])
     return client

@@ -1,5 +1,5 @@
 """The live page in a real headless Chromium, served by the web process as the Procfile runs it: candles
-appear and move, the volume is the trades', the stream's state shows, and a dead feed is said (issue 11)."""
+appear and move, the volume is the trades', the stream's state shows, and a dead feed is said."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The live feed on the web process as the Procfile runs it (uvicorn and its WebSocket options), over real
-sockets: issue 11, 2's findings at the server's edge."""
+sockets: the live hub's limits at the server's edge."""
 
 from __future__ import annotations
 

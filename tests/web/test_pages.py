@@ -41,7 +41,7 @@ def test_the_live_page_opens_with_each_enabled_symbols_latest_trades(settings: A
     assert config["day_open"] == {"BTCUSDT": None, "ETHUSDT": None}  # nothing stored today
     assert [t["trade_id"] for t in initial["BTCUSDT"]] == [1003, 1004, 1005, 1006, 1007]  # the latest, in order
     newest = initial["BTCUSDT"][-1]
-    # Stored times come back in µs since issue 10's storage, live ones in the exchange's ms: the page takes both.
+    # Stored times come back in µs since the lean storage, live ones in the exchange's ms: the page takes both.
     assert newest.pop("trade_ts") in (1723161255349, 1723161255349000)
     assert newest.pop("event_ts") in (1723161255357, 1723161255357000)
     assert newest == {"ticker_symbol": "BTCUSDT", "channel": "trade", "trade_id": 1007, "price": "107.25000000",
@@ -74,7 +74,7 @@ def test_the_status_page_lists_the_streams_and_their_state(clean_redis: None) ->
     enable_stream("BTCUSDT", TRADE)
     sync_redis().hset(status_key("btcusdt@trade"), mapping={
         "state": "connected", "worker": "w1", "updated_at": str(time.time()), "last_frame_at": str(time.time())})
-    client = Client()  # the status page is for staff (issue 11)
+    client = Client()  # the status page is for staff
     client.force_login(User.objects.create_user("ops", is_staff=True))
     html = client.get("/status/").content.decode()
     assert "btcusdt@trade" in html and "connected" in html and "w1" in html

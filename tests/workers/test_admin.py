@@ -131,7 +131,7 @@ def test_a_stream_page_opens_read_only(admin_client_: Client) -> None:
     assert "stream btcusdt@trade" in response.content.decode()
 
 
-# --- in bulk, and every trading symbol at once (issue 9) -------------------------------------------------------
+# --- in bulk, and every trading symbol at once -----------------------------------------------------------------
 
 ENABLE_TRADING = "admin:workers_enable_trading"
 

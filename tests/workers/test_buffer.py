@@ -274,7 +274,7 @@ def test_an_undecodable_entry_is_set_aside_and_the_others_are_written(r: redis.R
 
 @pytest.mark.django_db(transaction=True)
 def test_trades_written_into_redis_by_someone_else_are_re_validated_before_storage(r: redis.Redis) -> None:
-    # Redis is the trust boundary (DESIGN.md promise 11): an entry that decodes but holds trades the
+    # Redis is the trust boundary (docs/security.md): an entry that decodes but holds trades the
     # exchange could not have sent has those trades dead-lettered; the others of the entry are stored.
     forged = [make(1), make(2)._replace(trade_id=2**63), make(3)._replace(price_text="-5"),
               make(4)._replace(symbol="btc usdt"), make(5)]

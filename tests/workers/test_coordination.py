@@ -120,7 +120,7 @@ def test_a_running_stream_that_is_not_enabled_is_stopped_and_re_enabling_clears_
 
 
 
-# --- a pass over many streams: one read, one write, whatever their number (issue 9) ---------------------------
+# --- a pass over many streams: one read, one write, whatever their number -----------------------------------
 
 class RoundTrips:
     """Counts what the supervisor's Redis client sends: pipelines and single commands."""

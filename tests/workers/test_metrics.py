@@ -1,5 +1,5 @@
 """/metrics: Prometheus' conventions, counters that survive task restarts, and a scrape cost that does not
-grow with the number of streams (issue 11, 4)."""
+grow with the number of streams."""
 
 from __future__ import annotations
 

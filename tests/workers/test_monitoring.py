@@ -1,5 +1,5 @@
-"""workers/monitoring/: the alert rules and the Grafana dashboard use only metrics that /metrics exports
-(issue 11, 4); promtool checks their syntax and behaviour in `make test` (Makefile: monitoring-check)."""
+"""workers/monitoring/: the alert rules and the Grafana dashboard use only metrics that /metrics exports;
+promtool checks their syntax and behaviour in `make test` (Makefile: monitoring-check)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every fault is survived, seen, or stops the stream loudly (issue 8), with real workers, Redis, PostgreSQL.
+"""Every fault is survived, seen, or stops the stream loudly, with real workers, Redis, PostgreSQL.
 
 Each test reproduces a failure seen on a real run of the service before this issue.
 """

@@ -138,7 +138,7 @@ def test_the_collector_tasks_exist_after_the_migrations() -> None:
     assert (listing_check.task, listing_check.interval.every) == ("workers.tasks.check_listing", 300)
 
 
-# --- in bulk (issue 9) ----------------------------------------------------------------------------------------
+# --- in bulk --------------------------------------------------------------------------------------------------
 
 MANY = [(f"B{i:04d}USDT", "trade") for i in range(1500)]
 

@@ -110,7 +110,7 @@ def test_the_command_exits_non_zero_for_an_unknown_symbol(exchange_settings: Fak
     assert "DOGEUSDT" in result.stderr
 
 
-# --- many at once (issue 9) ------------------------------------------------------------------------------------
+# --- many at once ----------------------------------------------------------------------------------------------
 
 USDT = [f"A{i:03d}USDT" for i in range(40)]
 BTC = [f"C{i:03d}BTC" for i in range(5)]

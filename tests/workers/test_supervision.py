@@ -26,7 +26,7 @@ def stored_ids(symbol: str) -> list[int]:
 
 
 def in_micros(trade: Trade) -> Trade:
-    """The record's trade as the collector gets it: the streams and REST in microseconds (issue 10)."""
+    """The record's trade as the collector gets it: the streams and REST in microseconds."""
     return trade._replace(trade_ts=micros(trade.trade_ts), event_ts=micros(trade.event_ts))
 
 

@@ -1,6 +1,6 @@
 """One live feed per web process: a single channel-layer member fans the trades out to the local pages.
 
-Issue 11, 2: with a group member per page, every batch was written into Redis once per page, each page
+Before the hub, with a group member per page, every batch was written into Redis once per page, each page
 held a layer connection, and a page that left without `group_discard` stayed a member for 24 h (one
 that stayed open longer than that silently stopped receiving). Here the process joins `binance_data`
 once, renewing the membership every third of the layer's `group_expiry` (LIVE_GROUP_EXPIRY), so it

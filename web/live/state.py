@@ -1,4 +1,4 @@
-"""The streams' state as a live page may see it, read once per web process for all its pages (issue 11).
+"""The streams' state as a live page may see it, read once per web process for all its pages.
 
 Pages used to poll `/api/streams/` every 3 s each (about 400 tabs saturated the web process); now the
 process's hub reads the statuses once per heartbeat and pushes them over the pages' sockets. Only what the

@@ -1,4 +1,4 @@
-"""What a live page's WebSocket carries (issue 11): trade frames, control frames and close codes. No I/O.
+"""What a live page's WebSocket carries: trade frames, control frames and close codes. No I/O.
 
 Server to page, text frames only:
 - a JSON array of trades (the broadcast's own format, `streams.broadcast.trade_message`): every trade
@@ -30,7 +30,7 @@ FEED_LIVE: Final = "live"
 FEED_INTERRUPTED: Final = "interrupted"
 FEED_STARTING: Final = "starting"
 
-# A trade as it crosses Redis (promise 11: whoever writes to Redis is re-validated): field -> accepted types.
+# A trade as it crosses Redis (the trust boundary: what comes from it is re-validated): field -> accepted types.
 _TRADE_FIELDS: Final[dict[str, tuple[type, ...]]] = {
     "ticker_symbol": (str,), "channel": (str,), "trade_id": (int,), "price": (str,), "volume": (str,),
     "trade_ts": (int,), "event_ts": (int,), "is_market_maker": (bool,),
@@ -141,7 +141,7 @@ def state_frame(feed: str, streams: Sequence[dict[str, Any]] | None, server_ms: 
     return orjson.dumps({"type": "state", "feed": feed, "streams": streams, "server_ms": server_ms}).decode()
 
 
-# What a page is shown of a stream: what it showed before issue 11 (the status page has the rest, for staff).
+# What a page is shown of a stream: what it showed when it polled (the status page has the rest, for staff).
 PUBLIC_STREAM_FIELDS: Final = ("stream", "symbol", "state", "trades_per_s", "lag_ms")
 
 

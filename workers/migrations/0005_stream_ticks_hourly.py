@@ -1,7 +1,7 @@
 """Every symbol stream's own tick (`stream <sid>`, workers.tasks.ensure_stream) once an hour, spread over the hour.
 
 The supervise pass (every 10 s) starts, restarts and stops streams; the per-stream tick is the admin's switch
-and a slow second path. Every 10 s it cost beat more than a core at 1,500 streams (issue 9). New streams get
+and a slow second path. Every 10 s it cost beat more than a core at 1,500 streams. New streams get
 this schedule from workers.registry (ENSURE_EVERY); this moves the existing ones. The values are fixed here,
 as they were when it was written (no setting, no import of the registry): a later change needs its own
 migration. Idempotent: a task already on the hourly schedule is left as it is."""

@@ -39,8 +39,8 @@ def _positive(value: str) -> int:
 
 
 def _seconds(option: str, text: object, *, minimum: float, inclusive: bool) -> float:
-    """A finite number of seconds, or a one-line CommandError naming the option and the value (issue 11:
-    float() takes "nan" and "inf", which would make a partial batch wait forever)."""
+    """A finite number of seconds, or a one-line CommandError naming the option and the value
+    (float() takes "nan" and "inf", which would make a partial batch wait forever)."""
     try:
         return seconds(str(text), minimum=minimum, inclusive=inclusive)  # str(): call_command may pass a float
     except ValueError as exc:

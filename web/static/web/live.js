@@ -2,7 +2,7 @@
 // streams' state pushed every heartbeat), reconnecting by itself. Candlesticks with volume from TradingView's
 // lightweight-charts (built into the static files by `make setup`; nothing is loaded from the internet).
 // A page never shows "live" over a dead feed: the server says when its feed is interrupted, and a socket
-// that brings nothing for three heartbeats is abandoned and opened again (issue 11).
+// that brings nothing for three heartbeats is abandoned and opened again.
 "use strict";
 
 const TAPE_ROWS = 50;
