@@ -233,6 +233,13 @@ LAKE_URL = env_str("LAKE_URL", "lake/")
 DATASET_HOT_DAYS = env_days("DATASET_HOT_DAYS", 14)
 # Every sealed file and every hot day is verified again at least once in this many days, spread evenly.
 DATASET_SCRUB_DAYS = env_float("DATASET_SCRUB_DAYS", 7.0, minimum=0.01)
+# Bounds of the archive import: a file beyond them is refused, nothing of it stored (workers/archive_download.py,
+# streams/archive_rows.py). The busiest symbol's monthly trades zip is a few GB and inflates 4-8 times.
+ARCHIVE_MAX_ZIP_BYTES = env_int("ARCHIVE_MAX_ZIP_BYTES", 16 << 30, minimum=1)
+ARCHIVE_MAX_MEMBER_BYTES = env_int("ARCHIVE_MAX_MEMBER_BYTES", 64 << 30, minimum=1)
+ARCHIVE_MAX_RATIO = env_float("ARCHIVE_MAX_RATIO", 40.0, minimum=1.0)
+ARCHIVE_DOWNLOAD_DEADLINE = env_float("ARCHIVE_DOWNLOAD_DEADLINE", 3600.0, minimum=1.0)  # s per file
+ARCHIVE_MIN_BYTES_PER_SECOND = env_float("ARCHIVE_MIN_BYTES_PER_SECOND", 50_000.0, minimum=0.0)  # over 30 s
 
 # --- Logs (docs/live-page.md, "Logs"): one line per record on stderr, the stream id on every line -------
 # Celery's worker and beat apply this too (project/celery.py), so LOG_LEVEL is the one knob: celery -l is

@@ -180,6 +180,27 @@ def union(preferred: pa.Table, other: pa.Table) -> pa.Table:
     return both.filter(mask)
 
 
+_CONTENT = ("price", "volume", "trade_time", "is_market_maker")
+
+
+def differing_ids(new: pa.Table, old: pa.Table) -> pa.Array:
+    """The ids both tables hold with another price, volume, trade time or side: what a source that corrects
+    another (a re-published archive file) changes."""
+    if new.num_rows == 0 or old.num_rows == 0:
+        return pa.array([], pa.int64())
+    joined = new.select(["trade_id", *_CONTENT]).join(old.select(["trade_id", *_CONTENT]), keys="trade_id",
+                                                     join_type="inner", right_suffix="_old", use_threads=False)
+    differ = pa.array([False] * joined.num_rows, pa.bool_())
+    for name in _CONTENT:
+        differ = pc.or_(differ, pc.not_equal(joined.column(name), joined.column(f"{name}_old")))
+    return joined.filter(differ).column("trade_id").combine_chunks()
+
+
+def without(table: pa.Table, ids: pa.Array) -> pa.Table:
+    """`table` less the rows of `ids`."""
+    return table if len(ids) == 0 else table.filter(pc.invert(pc.is_in(table.column("trade_id"), value_set=ids)))
+
+
 def _clip(table: pa.Table, start: datetime, end: datetime, day: date) -> pa.Table:
     """Rows of a day table inside [start, end) (only the first and last day of a range need it)."""
     midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)

@@ -18,11 +18,12 @@ from typing import Protocol
 
 from django.db import connection
 
-from streams import queries
+from streams import tiers
 from streams.archive import day_bounds
 from streams.binance.protocol import TRADE, Trade
 from streams.binance.rest import PAGE_LIMIT, BinanceRest
 from streams.binance.sequence import Gap
+from streams.lake.layout import DayKey
 from streams.storage import store_trades
 from workers.budget import shared_rest
 
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 class Report(Protocol):
-    days: set[tuple[str, date]]
+    days: set[tuple[str, str, date]]
 
 
 def fill_missing_days(symbol: str, days: Iterable[date], report: Report) -> int:
@@ -38,12 +39,13 @@ def fill_missing_days(symbol: str, days: Iterable[date], report: Report) -> int:
     total = 0
     for first, last in _runs(sorted(set(days))):
         start, end = day_bounds(first)[0], day_bounds(last)[1]
-        lower = queries.last_id_before(symbol, TRADE, start)
-        upper = queries.first_id_from(symbol, TRADE, end)
+        # What is stored around the run, in either tier (the days before may be in the lake alone).
+        lower = tiers.last_id_before_day(DayKey("spot", symbol, TRADE, first))
+        upper = tiers.first_id_after_day(DayKey("spot", symbol, TRADE, last))
         stop_at = end if upper is None and end <= datetime.now(UTC) else None
         added = asyncio.run(_fill_run(symbol, start, lower, upper, stop_at))
         logger.info("%s: %s..%s not in the archive yet: %d trades from REST", symbol, first, last, added)
-        report.days.update((symbol, first + timedelta(days=n)) for n in range((last - first).days + 1))
+        report.days.update((symbol, TRADE, first + timedelta(days=n)) for n in range((last - first).days + 1))
         total += added
     return total
 

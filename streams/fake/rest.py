@@ -49,6 +49,7 @@ class RawBody:
 
     data: bytes
     content_type: str
+    trickle: float = 0.0  # seconds between two bytes (the archive's `trickle` fault); 0: at once
 
 
 Reply = tuple[int, Any, dict[str, str]]  # status, JSON body (or a RawBody), extra headers
@@ -231,7 +232,13 @@ class RestServer:
             *headers.items(),
         ]
         writer.write(conn.send(h11.Response(status_code=status, headers=head)))
-        writer.write(conn.send(h11.Data(data=data)))
+        if isinstance(payload, RawBody) and payload.trickle > 0:
+            for index in range(len(data)):
+                writer.write(conn.send(h11.Data(data=data[index:index + 1])))
+                await writer.drain()
+                await asyncio.sleep(payload.trickle)
+        else:
+            writer.write(conn.send(h11.Data(data=data)))
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
 
@@ -243,7 +250,7 @@ class RestServer:
             return self._control(request.method.decode(), url.path, url.query, body)
         if url.path.startswith("/data/"):  # data.binance.vision's archive: another service, no weight
             status, data, content_type = self.exchange.archive.respond(request.method.decode(), url.path)
-            return status, RawBody(data, content_type), {}
+            return status, RawBody(data, content_type, self.exchange.archive.trickle_of(url.path)), {}
         if self.forced_garbage and url.path in _ROUTES:
             # A proxy in front answers for the exchange, before it (no weight used), whatever its state.
             self.forced_garbage -= 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -78,37 +78,65 @@ def encode(table: pa.Table, key: DayKey, metadata: Mapping[str, str] | None = No
     return buffer, DayFile(table.num_rows, first, last, hashlib.sha256(buffer).hexdigest(), buffer.size)
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A day file written under a temporary name, not yet in place (`place`) or given up (`discard`)."""
+
+    key: DayKey
+    temporary: str  # a local path: in the day's folder for a local lake, in the system's temporary folder else
+    day_file: DayFile
+
+
 def write_day(lake: Lake, key: DayKey, table: pa.Table, metadata: Mapping[str, str] | None = None) -> DayFile:
     """Encode and put the day in place (replacing the day's file, if any, in one step)."""
+    staged = stage_day(lake, key, table, metadata)
+    place(lake, staged)
+    return staged.day_file
+
+
+def stage_day(lake: Lake, key: DayKey, table: pa.Table, metadata: Mapping[str, str] | None = None) -> Staged:
+    """Encode the day and write it, fsynced, under a temporary name that no reader looks at (a dot first)."""
     buffer, day_file = encode(table, key, metadata)
-    _put(lake, key.path, buffer)
-    return day_file
-
-
-def _put(lake: Lake, relative: str, buffer: pa.Buffer) -> None:
-    path = lake.full_path(relative)
-    folder = path.rsplit("/", 1)[0]
-    lake.filesystem.create_dir(folder, recursive=True)
-    if not lake.local:
-        with lake.filesystem.open_output_stream(path) as out:
-            out.write(buffer)
-        return
-    temporary = f"{folder}/.{secrets.token_hex(8)}.tmp"
+    if lake.local:
+        folder = lake.full_path(key.folder)
+        os.makedirs(folder, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
+    else:
+        descriptor, temporary = tempfile.mkstemp(prefix="lake-", suffix=".parquet")
     try:
-        with open(temporary, "wb") as out:
+        with os.fdopen(descriptor, "wb") as out:
             out.write(memoryview(buffer))
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    directory = os.open(folder, os.O_RDONLY)
+    return Staged(key, temporary, day_file)
+
+
+def place(lake: Lake, staged: Staged) -> None:
+    """Put a staged day in place in one step: a rename on a local disk (the folder fsynced after), an upload
+    that the object store shows only once complete elsewhere."""
+    path = lake.full_path(staged.key.path)
+    if not lake.local:
+        lake.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with open(staged.temporary, "rb") as source, lake.filesystem.open_output_stream(path) as out:
+            while block := source.read(1 << 20):
+                out.write(block)
+        discard(staged)
+        return
+    os.replace(staged.temporary, path)
+    directory = os.open(os.path.dirname(path), os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def discard(staged: Staged) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(staged.temporary)
 
 
 def read_day(lake: Lake, key: DayKey, columns: Sequence[str] | None = None) -> pa.Table:

@@ -80,6 +80,20 @@ def table_from_trades(trades: Sequence[Trade]) -> pa.Table:
     ], schema=FILE_SCHEMA)
 
 
+def trades_from_table(table: pa.Table, symbol: str, channel: str) -> list[Trade]:
+    """A FILE_SCHEMA table's rows as the protocol's trades (exact decimal text, microsecond times)."""
+    def ints(name: str) -> list[Any]:
+        return table.column(name).cast(pa.int64()).to_pylist()
+
+    prices = table.column("price").cast(pa.string()).to_pylist()
+    volumes = table.column("volume").cast(pa.string()).to_pylist()
+    return [Trade(symbol, channel, trade_id, price, volume, traded, event, maker, first, last, received)
+            for trade_id, price, volume, traded, event, maker, received, first, last in zip(
+                ints("trade_id"), prices, volumes, ints("trade_time"), ints("event_time"),
+                table.column("is_market_maker").to_pylist(), ints("received_time"), ints("first_trade_id"),
+                ints("last_trade_id"), strict=True)]
+
+
 def with_stream(table: pa.Table, market: str, symbol: str, channel: str) -> pa.Table:
     """A FILE_SCHEMA table with the stream's columns in front (READ_SCHEMA)."""
     rows = table.num_rows

@@ -1,45 +1,33 @@
-"""Binance's archive: the pure core (plan, CHECKSUM, rows), and imports against the fake exchange's archive and
-REST into real PostgreSQL, compared with the exchange's record."""
+"""Binance's archive without I/O: the plan of files, their names, the CHECKSUM, and a file's rows read and
+checked whole by Arrow (every rule a file can break, in a zip made here)."""
 
 from __future__ import annotations
 
 import io
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+import zipfile
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
-from django.core.management import CommandError, call_command
 
 from streams.archive import (
+    AGG_TRADES,
+    TRADES,
     ArchiveFormatError,
-    DayTally,
+    FileRef,
     Period,
     next_month,
     parse_checksum,
     plan_periods,
-    tally_days,
-    trades_from_lines,
 )
-from streams.binance.protocol import TRADE, Trade, datetime_from_exchange
-from streams.fake.exchange import FakeExchange, running_exchange
-from streams.fake.market import micros
-from streams.models import PriceUpdate
-from streams.storage import store_trades
-from tests.helpers import command_env, manage, start_manage
-from workers.archive_import import Progress, import_range
+from streams.archive_rows import Limits, open_member, read_days
+from workers.archive_import import Progress
 from workers.management.commands.import_archive import ProgressLine
-from workers.models import ArchiveFile, DayCoverage
 
 TODAY = datetime.now(UTC).date()
-MONTH = (TODAY - timedelta(days=40)).replace(day=1)  # a month long over, whatever today is
-MONTH_END = next_month(MONTH) - timedelta(days=1)
-
-
-# --- the pure core ------------------------------------------------------------------------------------
+DAY = date(2025, 3, 4)
+REF = FileRef("BTCUSDT", TRADES, Period(DAY, monthly=False))
+MIDNIGHT_US = int(datetime(2025, 3, 4, tzinfo=UTC).timestamp()) * 1_000_000
 
 
 def test_whole_months_that_are_over_come_as_monthly_files_the_rest_as_daily_ones() -> None:
@@ -49,9 +37,18 @@ def test_whole_months_that_are_over_come_as_monthly_files_the_rest_as_daily_ones
     assert [p.label for p in plan] == ["2026-11", "2026-12-01"]
     plan = plan_periods(date(2026, 11, 1), date(2026, 11, 30), today=date(2026, 11, 30))  # November not over
     assert len(plan) == 30 and not any(p.monthly for p in plan)
-    assert Period(date(2026, 12, 1), monthly=True).end == date(2027, 1, 1)
+    assert Period(date(2026, 12, 1), monthly=True).end == date(2027, 1, 1) == next_month(date(2026, 12, 9))
     with pytest.raises(ValueError, match="before"):
         plan_periods(date(2026, 11, 2), date(2026, 11, 1), today=TODAY)
+
+
+def test_each_dataset_has_its_own_files_in_the_archives_layout() -> None:
+    monthly = FileRef("BTCUSDT", AGG_TRADES, Period(date(2024, 2, 1), monthly=True))
+    assert monthly.path == "data/spot/monthly/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2024-02.zip"
+    assert monthly.member == "BTCUSDT-aggTrades-2024-02.csv" and not monthly.period.micros
+    assert REF.url("https://data.binance.vision/") == (
+        "https://data.binance.vision/data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2025-03-04.zip")
+    assert REF.period.micros  # from 2025-01-01 on, spot files give microseconds
 
 
 def test_a_checksum_file_gives_the_digest_of_the_file_it_names() -> None:
@@ -63,29 +60,116 @@ def test_a_checksum_file_gives_the_digest_of_the_file_it_names() -> None:
         parse_checksum("<html>not found</html>", "BTCUSDT-trades-2026-11.zip")
 
 
-def test_rows_become_trades_with_the_files_exact_decimal_text() -> None:
-    lines = ["id,price,qty,quote_qty,time,is_buyer_maker,is_best_match",  # a header, if a file has one
-             "7,61837.63000000,0.00010000,6.18376300,1735689600123456,True,True",
-             "8,0.00000001,1000000.00000000,0.01000000,1704067200000,False,True\r"]
-    trades = trades_from_lines("BTCUSDT", lines, 1)
-    assert trades == [Trade("BTCUSDT", TRADE, 7, "61837.63000000", "0.00010000", 1735689600123456,
-                            1735689600123456, True),
-                      Trade("BTCUSDT", TRADE, 8, "0.00000001", "1000000.00000000", 1704067200000, 1704067200000,
-                            False)]
-    for bad in ("9,1e3,1,1,1735689600123456,True,True", "9,1.0,1.0,1,1735689600123456,Yes,True",
-                "-9,1.0,1,1,1735689600123456,True,True", "9,1,1,1,1735689600123456,True",
-                "9,1.0,1,1,+1735689600123456,True,True", "9,1..0,1,1,1735689600123456,True,True"):
-        with pytest.raises(ArchiveFormatError, match="line 5"):
-            trades_from_lines("BTCUSDT", [bad], 5)
+# --- a file's rows ------------------------------------------------------------------------------------
 
 
-def test_per_day_tallies_split_a_batch_at_midnight_utc() -> None:
-    midnight = 1_764_547_200_000_000  # 2025-12-01 00:00 UTC in µs
-    trades = [Trade("BTCUSDT", TRADE, i, "1.0", "1.0", midnight - 2 + i, midnight - 2 + i, False) for i in range(5)]
-    tallies: dict[date, DayTally] = {}
-    tally_days(trades[:3], tallies)
-    tally_days(trades[3:], tallies)
-    assert tallies == {date(2025, 11, 30): DayTally(2, 0, 1), date(2025, 12, 1): DayTally(3, 2, 4)}
+def row(n: int, *, price: str = "61837.63000000", time_us: int | None = None, trade_id: int | None = None) -> str:
+    when = MIDNIGHT_US + n * 1_000_000 if time_us is None else time_us
+    return f"{100 + n if trade_id is None else trade_id},{price},0.00010000,6.18376300,{when},{n % 2 == 0},True"
+
+
+def zipped(text: str, member: str = REF.member, method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=method) as archive:
+        archive.writestr(member, text)
+    return buffer.getvalue()
+
+
+def read(data: bytes, ref: FileRef = REF, limits: Limits | None = None) -> list[tuple[date, list[dict[str, object]]]]:
+    limits = limits or Limits()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive, open_member(archive, ref, limits) as member:
+        return [(day, table.to_pylist()) for day, table in read_days(member, ref, limits)]
+
+
+def test_rows_become_the_lakes_columns_with_the_files_exact_decimals_and_microseconds() -> None:
+    days = read(zipped("\n".join(row(n) for n in range(3)) + "\n"))
+    assert [day for day, _ in days] == [DAY]
+    first = days[0][1][0]
+    assert (first["trade_id"], first["price"], first["volume"], first["is_market_maker"]) == (
+        100, Decimal("61837.63000000"), Decimal("0.00010000"), True)
+    assert first["trade_time"] == first["event_time"] == datetime(2025, 3, 4, tzinfo=UTC)
+    assert first["received_time"] is None and first["first_trade_id"] is None
+
+
+def test_a_header_row_as_futures_files_have_is_skipped() -> None:
+    text = "id,price,qty,quote_qty,time,is_buyer_maker,is_best_match\n" + row(0) + "\n"
+    assert len(read(zipped(text))[0][1]) == 1
+
+
+def test_a_monthly_file_comes_out_one_utc_day_at_a_time_in_milliseconds_before_2025() -> None:
+    ref = FileRef("BTCUSDT", TRADES, Period(date(2024, 11, 1), monthly=True))
+    start_ms = int(datetime(2024, 11, 1, tzinfo=UTC).timestamp()) * 1000
+    text = "".join(f"{n},1.00000000,1.00000000,1.0,{start_ms + n * 10 * 3_600_000},True,True\n" for n in range(70))
+    days = read(zipped(text, ref.member), ref)
+    # A row every 10 hours: 3 on days 0, 5, 10... (midnight, 10:00, 20:00), 2 on the others.
+    assert [day for day, _ in days] == [date(2024, 11, 1) + timedelta(days=d) for d in range(29)]
+    assert [len(rows) for _, rows in days][:3] == [3, 2, 3] and sum(len(rows) for _, rows in days) == 70
+    assert days[0][1][1]["trade_time"] == datetime(2024, 11, 1, 10, tzinfo=UTC)
+
+
+def test_aggregate_trades_keep_their_first_and_last_trade_ids() -> None:
+    ref = FileRef("BTCUSDT", AGG_TRADES, Period(DAY, monthly=False))
+    text = f"7,1.50000000,2.00000000,11,13,{MIDNIGHT_US + 5},False,True\n"
+    (_, rows), = read(zipped(text, ref.member), ref)
+    assert (rows[0]["trade_id"], rows[0]["first_trade_id"], rows[0]["last_trade_id"]) == (7, 11, 13)
+    with pytest.raises(ArchiveFormatError, match="line 1: its first trade id is above its last"):
+        read(zipped(f"7,1.5,2,14,13,{MIDNIGHT_US + 5},False,True\n", ref.member), ref)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("\n".join([row(0), row(1), row(2).replace("61837.63000000", "x1"), row(3)]),
+     r"line 3: .* is not a trades row"),
+    (row(0) + "\n" + row(1, price="1.123456789"), r"line 2: .* is not a trades row .*data loss"),
+    (row(0) + "\n" + row(1).rsplit(",", 1)[0], r"line 2: .* is not a trades row"),
+    (row(0) + "\n" + row(1, trade_id=100), r"line 2: trade id 100 comes after 100"),
+    (row(0) + "\n" + row(1, trade_id=99), r"line 2: trade id 99 comes after 100"),
+    (row(0) + "\n" + row(1, time_us=0), r"line 2: time 0 is outside the file's period 2025-03-04"),
+    (row(0) + "\n" + row(1, time_us=MIDNIGHT_US + 86_400_000_000), r"line 2: time .* is outside the file's"),
+    (row(0, time_us=MIDNIGHT_US + 9) + "\n" + row(1, time_us=MIDNIGHT_US + 8), r"line 2: time .* comes after"),
+    (row(0) + "\n" + row(1, price="0.00000000"), r"line 2: price is not above zero"),
+    (row(0) + "\n" + ",,,,,,", r"line 2: an empty field"),
+])
+def test_a_file_that_breaks_a_rule_is_refused_naming_the_line(text: str, message: str) -> None:
+    with pytest.raises(ArchiveFormatError, match=message):
+        read(zipped(text + "\n"))
+
+
+def test_the_line_is_named_far_into_a_file_made_of_many_blocks() -> None:
+    rows = [row(n, time_us=MIDNIGHT_US + n) for n in range(200_000)]
+    rows[150_000] = rows[150_000].replace("61837.63000000", "61837.6x")
+    with pytest.raises(ArchiveFormatError, match="line 150,001: "):
+        read(zipped("\n".join(rows) + "\n"))
+
+
+def test_a_zip_must_hold_the_expected_member_readable_and_of_a_sane_size() -> None:
+    with pytest.raises(ArchiveFormatError, match=r"has no member BTCUSDT-trades-2025-03-04.csv \(it holds nothing"):
+        read(_empty_zip())
+    with pytest.raises(ArchiveFormatError, match=r"has no member .* \(it holds other.csv\)"):
+        read(zipped(row(0), "other.csv"))
+    with pytest.raises(ArchiveFormatError, match="compression method 12"):
+        read(zipped(row(0), method=zipfile.ZIP_BZIP2))
+    bomb = zipped("1" * (50 << 20))  # 50 MB of one line deflate to ~50 KB
+    with pytest.raises(ArchiveFormatError, match=r"inflates .* times"):
+        read(bomb)
+    with pytest.raises(ArchiveFormatError, match="line 1 is longer than"):
+        read(bomb, limits=Limits(max_ratio=10_000, block_bytes=1 << 20))
+    with pytest.raises(ArchiveFormatError, match="bytes, over the"):
+        read(zipped(row(0)), limits=Limits(max_member_bytes=10))
+
+
+def test_a_crc_error_found_at_the_members_end_refuses_the_file() -> None:
+    data = bytearray(zipped("\n".join(row(n) for n in range(2000)) + "\n", method=zipfile.ZIP_STORED))
+    at = data.index(b"61837.63000000", len(data) // 2)
+    data[at] = ord("7")  # still a valid row: only the CRC can tell
+    with pytest.raises(zipfile.BadZipFile, match="Bad CRC-32"):
+        read(bytes(data))
+
+
+def _empty_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w"):
+        pass
+    return buffer.getvalue()
 
 
 def test_the_progress_line_redraws_on_a_terminal() -> None:
@@ -99,153 +183,3 @@ def test_the_progress_line_redraws_on_a_terminal() -> None:
     line.done()
     assert screen.getvalue().startswith("\rfiles 1/3  trades 900 new of 1,000 read") and screen.getvalue()[-1] == "\n"
     assert "trades/s  X-trades-2026-11.zip" in screen.getvalue()
-
-
-# --- imports ------------------------------------------------------------------------------------------
-
-pytestmark_db = pytest.mark.django_db(transaction=True)
-
-
-@contextmanager
-def archive_exchange(settings: Any, seed: int, start: date, rate: float = 0.01) -> Iterator[FakeExchange]:
-    with running_exchange(symbols={"BTCUSDT": 0.0}, seed=seed, history_from=start, history_rate=rate) as ex:
-        settings.BINANCE_REST_URL = settings.BINANCE_ARCHIVE_URL = ex.rest_url
-        yield ex
-
-
-def as_rows(trades: list[Trade]) -> list[tuple[Any, ...]]:
-    """The record as storage should hold it: exact decimals, the archive's (and REST's) microseconds."""
-    return [(t.trade_id, Decimal(t.price_text), Decimal(t.quantity_text), datetime_from_exchange(micros(t.trade_ts)),
-             t.is_buyer_maker) for t in trades]
-
-
-def stored_rows() -> list[tuple[Any, ...]]:
-    return list(PriceUpdate.objects.filter(ticker_symbol="BTCUSDT", channel=TRADE).order_by("trade_id").values_list(
-        "trade_id", "price", "volume", "trade_time", "is_market_maker"))
-
-
-def between(ex: FakeExchange, first: date, last: date) -> list[Trade]:
-    lo, hi = (datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000 for d in (first, last + timedelta(1)))
-    return [t for t in ex.record("BTCUSDT") if lo <= t.trade_ts < hi]
-
-
-@pytestmark_db
-def test_an_import_of_a_month_and_two_days_equals_the_record_and_a_second_adds_nothing(settings: Any) -> None:
-    last = MONTH_END + timedelta(days=2)
-    with archive_exchange(settings, 31, MONTH - timedelta(days=2)) as ex:
-        report = import_range(["BTCUSDT"], MONTH, last)
-        expected = between(ex, MONTH, last)
-        assert report.imported == [f"BTCUSDT-trades-{MONTH:%Y-%m}.zip", f"BTCUSDT-trades-{last - timedelta(1)}.zip",
-                                   f"BTCUSDT-trades-{last}.zip"]
-        assert report.inserted == len(expected) > 20_000 and not report.missing and not report.failed
-        assert stored_rows() == as_rows(expected)
-        assert ArchiveFile.objects.get(name=f"BTCUSDT-trades-{MONTH:%Y-%m}.zip").last_id == between(
-            ex, MONTH, MONTH_END)[-1].trade_id
-        # The archive's count per day is kept, and each day checks complete against it.
-        day = DayCoverage.objects.get(symbol="BTCUSDT", day=MONTH + timedelta(days=3))
-        assert day.archive_count == day.trades == len(between(ex, day.day, day.day)) and day.verdict == "complete"
-
-        again = import_range(["BTCUSDT"], MONTH, last)
-        assert again.inserted == 0 and again.skipped == report.imported and not again.imported
-        ArchiveFile.objects.all().delete()  # even without the markers: storage's identity keeps it once
-        forced = import_range(["BTCUSDT"], MONTH, last)
-        assert forced.inserted == 0 and forced.duplicates == len(expected)
-        assert stored_rows() == as_rows(expected)
-
-
-@pytestmark_db
-def test_a_file_that_does_not_match_its_checksum_is_refused_and_nothing_of_it_is_stored(settings: Any) -> None:
-    bad, good = MONTH_END - timedelta(days=1), MONTH_END
-    with archive_exchange(settings, 32, bad - timedelta(days=1)) as ex:
-        ex.archive.corrupt("BTCUSDT", str(bad))
-        with pytest.raises(CommandError, match=f"BTCUSDT-trades-{bad}.zip: checksum mismatch"):
-            call_command("import_archive", "BTCUSDT", "--from", str(bad), "--to", str(good), stdout=io.StringIO())
-        assert stored_rows() == as_rows(between(ex, good, good))  # the other day is imported
-        assert not ArchiveFile.objects.filter(name__contains=str(bad)).exists()
-        assert ex.archive.requests == 5  # both CHECKSUMs and zips, and the bad zip once more
-
-
-@pytestmark_db
-def test_days_not_published_are_filled_from_rest_up_to_what_the_live_stream_stored(settings: Any) -> None:
-    first = TODAY - timedelta(days=3)
-    with archive_exchange(settings, 33, first - timedelta(days=1)) as ex:
-        ex.archive.withhold("BTCUSDT", str(first + timedelta(days=1)))  # a daily file published late
-        ex.make_trades("BTCUSDT", 30)
-        live = ex.record("BTCUSDT")[-10:]
-        store_trades(live)  # what the live stream stored already
-        out = io.StringIO()
-        call_command("import_archive", "BTCUSDT", "--from", str(first), stdout=out)  # --to: today
-        expected, rows = between(ex, first, TODAY), stored_rows()
-        assert expected[-10:] == live
-        assert rows[:-10] == as_rows(expected[:-10])  # the archive's days and REST's, exactly
-        assert [r[0] for r in rows] == [t.trade_id for t in expected]  # every id once, up to the live ones
-        assert f"not published yet: BTCUSDT-trades-{first + timedelta(days=1)}.zip" in out.getvalue()
-        assert f"not published yet: BTCUSDT-trades-{TODAY}.zip" in out.getvalue()
-        filled = len(between(ex, first + timedelta(days=1), first + timedelta(days=1))) + len(
-            between(ex, TODAY, TODAY)) - 10
-        assert f"{filled:,} from REST" in out.getvalue()
-        assert ex.stats.rest_requests["/api/v3/historicalTrades"] >= 2
-
-
-@pytestmark_db
-def test_an_interrupted_import_resumes_with_the_files_it_had_not_finished(settings: Any) -> None:
-    last = MONTH + timedelta(days=4)
-    with archive_exchange(settings, 34, MONTH) as ex:
-        def interrupt(progress: Progress) -> None:
-            if progress.files_done == 2:
-                raise KeyboardInterrupt
-
-        with pytest.raises(KeyboardInterrupt):
-            import_range(["BTCUSDT"], MONTH, last, daily_only=True, on_progress=interrupt)
-        assert ArchiveFile.objects.count() == 2
-        report = import_range(["BTCUSDT"], MONTH, last, daily_only=True)
-        assert len(report.skipped) == 2 and len(report.imported) == 3
-        assert stored_rows() == as_rows(between(ex, MONTH, last))
-
-
-@pytestmark_db
-def test_a_republished_file_is_imported_again_and_fills_the_hole_the_first_upload_had(settings: Any) -> None:
-    day = MONTH + timedelta(days=9)
-    with archive_exchange(settings, 35, day - timedelta(days=1)) as ex:
-        ex.archive.drop_trades("BTCUSDT", str(day), 5)  # Binance's file had a hole
-        import_range(["BTCUSDT"], day - timedelta(days=1), day + timedelta(days=1), fill_from_rest=False)
-        coverage, whole = DayCoverage.objects.get(symbol="BTCUSDT", day=day), between(ex, day, day)
-        middle = whole[len(whole) // 2]
-        assert coverage.archive_count == len(whole) - 5
-        assert coverage.verdict == "holes" and coverage.holes == [[middle.trade_id, middle.trade_id + 4]]
-        ex.archive.republish("BTCUSDT", str(day))
-        report = import_range(["BTCUSDT"], day - timedelta(days=1), day + timedelta(days=1))
-        assert report.imported == [f"BTCUSDT-trades-{day}.zip"] and report.inserted == 5
-        coverage.refresh_from_db()
-        assert coverage.verdict == "complete" and coverage.holes == [] and coverage.archive_count == coverage.trades
-        assert stored_rows() == as_rows(between(ex, day - timedelta(days=1), day + timedelta(days=1)))
-
-
-@pytestmark_db
-def test_an_unknown_symbol_or_a_bad_range_is_refused_with_a_clear_error(settings: Any) -> None:
-    with archive_exchange(settings, 36, TODAY - timedelta(days=1), rate=0.001):
-        with pytest.raises(CommandError, match="unknown symbol 'XRPUSDT'"):
-            call_command("import_archive", "XRPUSDT", "--from", str(TODAY), stdout=io.StringIO())
-        with pytest.raises(CommandError, match="before --from"):
-            call_command("import_archive", "BTCUSDT", "--from", str(TODAY), "--to", str(MONTH), stdout=io.StringIO())
-
-
-@pytestmark_db
-def test_ctrl_c_stops_the_command_with_the_files_done_kept_and_a_second_run_finishes(settings: Any) -> None:
-    first, last = MONTH, MONTH + timedelta(days=19)
-    with archive_exchange(settings, 37, MONTH, rate=0.05) as ex:
-        env = command_env(ex, BINANCE_ARCHIVE_URL=ex.rest_url)
-        process = start_manage("import_archive", "BTCUSDT", "--from", str(first), "--to", str(last), "--daily",
-                               env=env)
-        assert process.stderr is not None
-        while f"BTCUSDT-trades-{first}.zip: " not in (line := process.stderr.readline()):
-            assert line, "the import ended before its first file"
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-        assert process.returncode == 130 and "run the same command again to resume" in err
-        done = ArchiveFile.objects.count()
-        assert 1 <= done < 20
-        finished = manage("import_archive", "BTCUSDT", "--from", str(first), "--to", str(last), "--daily", env=env)
-        assert finished.returncode == 0, finished.stderr
-        assert f"{20 - done} files imported, {done} already imported" in finished.stdout
-        assert stored_rows() == as_rows(between(ex, first, last))

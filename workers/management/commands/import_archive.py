@@ -1,5 +1,7 @@
-"""`manage.py import_archive SYMBOL [SYMBOL ...] --from YYYY-MM-DD [--to YYYY-MM-DD] [--daily] [--no-rest]`:
-Binance's public trade archive into the database (workers.archive_import)."""
+"""`manage.py import_archive SYMBOL [SYMBOL ...] --from YYYY-MM-DD [--to YYYY-MM-DD] [--channel trade|aggTrade|all]
+[--daily] [--no-rest] [--force]`: Binance's public trade archive into the dataset (workers.archive_import): closed
+days older than the hot window into the lake, the others into the database. Any symbol the archive has, traded
+today or delisted: the exchange is not asked."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from streams.archive import DATASETS
 from streams.binance.errors import InvalidStreamName, StreamError
-from workers import registry
+from streams.binance.protocol import normalize_symbol
 from workers.archive_import import ImportReport, Progress, import_range
 
 logger = logging.getLogger(__name__)
@@ -70,18 +73,23 @@ class Command(BaseCommand):
         parser.add_argument("--daily", action="store_true",
                             help="daily files only (less temporary disk than a monthly file of a busy symbol)")
         parser.add_argument("--no-rest", action="store_true", help="do not fill days the archive lacks from REST")
+        parser.add_argument("--channel", choices=[*DATASETS, "all"], default="trade",
+                            help="trade (the archive's trades files, default), aggTrade (its aggTrades files) or all")
+        parser.add_argument("--force", action="store_true",
+                            help="import files again even if imported before with the same checksum (what is stored "
+                                 "and differs from the file is corrected to the file's values, and reported)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         first, last = options["first"], options["last"] or datetime.now(UTC).date()
         if last < first:
             raise CommandError(f"--to {last} is before --from {first}")
         try:
-            symbols = [registry.validate_symbol(s) for s in dict.fromkeys(options["symbols"])]
+            symbols = [normalize_symbol(s) for s in dict.fromkeys(options["symbols"])]
         except InvalidStreamName as exc:
             raise CommandError(str(exc)) from None
-        except StreamError as exc:  # UnknownSymbol, or the exchange could not answer
-            raise CommandError(f"{exc}") from None
-        self.stdout.write(f"importing {', '.join(symbols)} {first}..{last} from {settings.BINANCE_ARCHIVE_URL}")
+        channels = list(DATASETS) if options["channel"] == "all" else [options["channel"]]
+        self.stdout.write(f"importing {', '.join(symbols)} {', '.join(channels)} {first}..{last} from "
+                          f"{settings.BINANCE_ARCHIVE_URL}")
         progress = ProgressLine(sys.stderr)
         # Millions of short-lived trades go through this process: what it holds already (Django, the app)
         # need not be scanned by the cyclic garbage collector each time they make it run.
@@ -89,7 +97,8 @@ class Command(BaseCommand):
         gc.freeze()
         try:
             report = import_range(symbols, first, last, daily_only=options["daily"], on_progress=progress,
-                                  fill_from_rest=not options["no_rest"])
+                                  fill_from_rest=not options["no_rest"], force=options["force"],
+                                  datasets=[DATASETS[c] for c in channels])
         except KeyboardInterrupt:
             progress.done()
             raise CommandError("interrupted; the files imported so far are kept: run the same command again to "
@@ -106,11 +115,12 @@ class Command(BaseCommand):
             raise CommandError("; ".join(f"{name}: {reason}" for name, reason in report.failed))
 
     def _summary(self, report: ImportReport) -> None:
-        rate = report.inserted / report.seconds if report.seconds else 0.0
+        rate = report.trades_read / report.seconds if report.seconds else 0.0
         self.stdout.write(
             f"{len(report.imported)} files imported, {len(report.skipped)} already imported, "
-            f"{len(report.missing)} not published, {len(report.failed)} failed; {report.trades_read:,} trades read, "
-            f"{report.inserted:,} new, {report.duplicates:,} stored already, {report.rest_filled:,} from REST, "
-            f"in {report.seconds:.1f} s ({rate:,.0f} new trades/s)")
+            f"{len(report.missing)} not published, {len(report.failed)} failed (nothing of them stored); "
+            f"{report.trades_read:,} trades read, {report.inserted:,} new, {report.duplicates:,} stored already, "
+            f"{report.repaired:,} corrected to the archive's values, {report.lake_days:,} days into the lake, "
+            f"{report.rest_filled:,} from REST, in {report.seconds:.1f} s ({rate:,.0f} trades/s)")
         for name in report.missing:
             self.stdout.write(f"not published yet: {name}" + ("" if report.rest_filled else " (not filled)"))
