@@ -33,6 +33,7 @@ from django.utils import timezone
 from streams import queries, tiers
 from streams.binance.sequence import Gap
 from streams.lake.layout import DayKey
+from streams.models import SealedDay
 from workers.models import DayCoverage, Verdict
 from workers.watermark import lower_watermark, watermark
 
@@ -167,11 +168,27 @@ def _days(first: date, last: date) -> Iterator[date]:
 # --- reading it ----------------------------------------------------------------------------------
 
 
-def day_entry(row: DayCoverage) -> dict[str, Any]:
-    """One day in the JSON contract of /api/coverage/ and `coverage --json`."""
+def day_entry(row: DayCoverage, sealed: SealedDay | None = None, where: str | None = None) -> dict[str, Any]:
+    """One day in the JSON contract of /api/coverage/ and `coverage --json`: its completeness, where its trades
+    are (`database`, `lake` or `both`), and its seal in the lake (null: not sealed)."""
     return {"symbol": row.symbol, "channel": row.channel, "day": row.day.isoformat(), "trades": row.trades,
             "first_id": row.first_id, "last_id": row.last_id, "holes": [list(h) for h in row.holes],
-            "archive_count": row.archive_count, "verdict": row.verdict}
+            "archive_count": row.archive_count, "verdict": row.verdict, "where": where,
+            "seal": None if sealed is None else {
+                "state": sealed.state, "complete": sealed.complete, "rows": sealed.rows, "sha256": sealed.sha256,
+                "bytes": sealed.bytes, "source": sealed.source, "sealed_at": sealed.sealed_at.isoformat(),
+                "verified_at": sealed.verified_at.isoformat(), "problem": sealed.problem or None}}
+
+
+def seals_of(rows: list[DayCoverage]) -> dict[tuple[str, str, date], SealedDay]:
+    """The manifests of the days of `rows` (one query per stream)."""
+    found: dict[tuple[str, str, date], SealedDay] = {}
+    for symbol, channel in {(r.symbol, r.channel) for r in rows}:
+        days = [r.day for r in rows if (r.symbol, r.channel) == (symbol, channel)]
+        for sealed in SealedDay.objects.filter(market=SPOT, symbol=symbol, channel=channel, day__gte=min(days),
+                                               day__lte=max(days)):
+            found[(symbol, channel, sealed.day)] = sealed
+    return found
 
 
 def coverage_rows(symbol: str | None = None, channel: str | None = None, first: date | None = None,

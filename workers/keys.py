@@ -11,6 +11,7 @@ FLUSH_LOCK = f"{PREFIX}:flush-lock"      # one flush at a time
 CONNECTION_BUDGET = f"{PREFIX}:connection-attempts"  # sorted set of attempt times
 REST_WEIGHT = f"{PREFIX}:rest-weight"    # prefix of the REST request weight counter of each window
 BEAT_SEEN = f"{PREFIX}:beat-seen"        # last time a beat-driven task ran
+DATASET_FACTS = f"{PREFIX}:dataset"      # JSON: completeness and seals per stream (workers.seal), for metrics
 
 
 def stream_id(symbol: str, channel: str) -> str:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import orjson
 from django.conf import settings
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,7 +22,7 @@ from prometheus_client.registry import Collector
 from workers.audit import AUDIT_COUNTS
 from workers.buffer import buffer_stats
 from workers.deadletters import DEAD_LETTERS_TOTAL
-from workers.keys import BEAT_SEEN, COUNTED, PERIODIC_ERRORS, counters_key, stream_id
+from workers.keys import BEAT_SEEN, COUNTED, DATASET_FACTS, PERIODIC_ERRORS, counters_key, stream_id
 from workers.redis import sync_redis
 from workers.status import StreamStatus, all_statuses, is_stale
 
@@ -76,7 +77,8 @@ class StreamsCollector(Collector):
             pipe.get(DEAD_LETTERS_TOTAL)
             pipe.hgetall(PERIODIC_ERRORS)
             pipe.hgetall(AUDIT_COUNTS)
-            *counters, beat_seen, (seconds, micros), dead_letters, periodic, audit = pipe.execute()
+            pipe.get(DATASET_FACTS)
+            *counters, beat_seen, (seconds, micros), dead_letters, periodic, audit, dataset = pipe.execute()
         yield from _stream_metrics(sids, enabled, statuses, counters)
         yield from _buffer_metrics(buffer_stats(client))
         yield CounterMetricFamily("collector_dead_letters", "Frames, buffer entries and trades dead-lettered.",
@@ -92,6 +94,30 @@ class StreamsCollector(Collector):
         yield _labelled_counter("collector_audit_trades", "Trades the audit handled, by outcome (unfilled: "
                                 "left missing at a pass, counted again at each pass).", "outcome", AUDIT_OUTCOMES,
                                 audit_counts)
+        yield from _dataset_metrics(None if dataset is None else orjson.loads(dataset), seconds + micros / 1e6)
+
+
+def _dataset_metrics(facts: dict[str, Any] | None, now: float) -> Iterator[Metric]:
+    """Completeness and seals, as the last sealing or scrub pass found them (workers.seal.publish_facts)."""
+    incomplete = GaugeMetricFamily("collector_dataset_days_incomplete", "Closed UTC days not proven complete "
+                                   "(holes, or an edge not established).", labels=["stream"])
+    yesterday = GaugeMetricFamily("collector_dataset_yesterday_complete", "1 when yesterday (UTC) is proven "
+                                  "complete, 0 when not.", labels=["stream"])
+    damaged = GaugeMetricFamily("collector_dataset_days_damaged", "Sealed days whose lake file is missing, altered "
+                                "or short.", labels=["stream"])
+    for sid, values in sorted((facts or {}).get("streams", {}).items()):
+        incomplete.add_metric([sid], float(values.get("incomplete", 0)))
+        damaged.add_metric([sid], float(values.get("damaged", 0)))
+        if "yesterday_complete" in values:
+            yesterday.add_metric([sid], float(values["yesterday_complete"]))
+    yield from (incomplete, yesterday, damaged)
+    if facts is not None:
+        yield GaugeMetricFamily("collector_dataset_sealed_days", "Days sealed in the lake.",
+                                value=float(facts["sealed_days"]))
+        yield GaugeMetricFamily("collector_dataset_lake_bytes", "Bytes of the lake's sealed files.",
+                                value=float(facts["lake_bytes"]))
+        yield GaugeMetricFamily("collector_dataset_facts_age_seconds", "Seconds since the completeness above was "
+                                "computed (the sealing and scrub passes).", value=max(0.0, now - facts["computed_at"]))
 
 
 def _stream_metrics(sids: list[str], enabled: set[str], statuses: dict[str, StreamStatus],

@@ -19,10 +19,12 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import connection
-from django.db.models import Exists, OuterRef, Sum
+from django.db.models import Count, Exists, OuterRef, Sum
 from django.utils import timezone
 
 from streams import partitions, queries, tiers
@@ -32,7 +34,9 @@ from streams.lake.layout import DayKey
 from streams.lake.schema import FILE_SCHEMA
 from streams.models import Instrument, PriceUpdate, SealedDay
 from workers.coverage import SPOT, mark_days, utc_today
+from workers.keys import DATASET_FACTS, stream_id
 from workers.models import DayCoverage, Verdict
+from workers.redis import sync_redis
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +215,47 @@ def stored_months() -> set[partitions.Month] | None:
         return None
     with connection.cursor() as cursor:
         return partitions.existing(cursor)
+
+
+# --- what the metrics and the status page read -----------------------------------------------------
+
+
+def dataset_facts(today: date | None = None) -> dict[str, Any]:
+    """Completeness and seals per stream, computed by the periodic passes (a few aggregates) and kept in Redis
+    for the metrics and /status/, so that a scrape never scans the coverage table."""
+    today = today or utc_today()
+    streams: dict[str, dict[str, int]] = {}
+
+    def entry(symbol: str, channel: str) -> dict[str, int]:
+        return streams.setdefault(stream_id(symbol, channel), {"incomplete": 0, "damaged": 0})
+
+    closed = DayCoverage.objects.filter(day__lt=today)
+    for symbol, channel, count in closed.exclude(verdict=Verdict.COMPLETE).values_list(
+            "symbol", "channel").annotate(n=Count("id")).values_list("symbol", "channel", "n"):
+        entry(symbol, channel)["incomplete"] = count
+    for symbol, channel, verdict in closed.filter(day=today - timedelta(days=1)).values_list(
+            "symbol", "channel", "verdict"):
+        entry(symbol, channel)["yesterday_complete"] = int(verdict == Verdict.COMPLETE)
+    for symbol, channel, count in SealedDay.objects.filter(state=SealedDay.State.DAMAGED).values_list(
+            "symbol", "channel").annotate(n=Count("id")).values_list("symbol", "channel", "n"):
+        entry(symbol, channel)["damaged"] = count
+    totals = SealedDay.objects.aggregate(days=Count("id"), bytes=Sum("bytes"))
+    damaged = list(SealedDay.objects.filter(state=SealedDay.State.DAMAGED).order_by("day").values_list(
+        "symbol", "channel", "day", "problem")[:20])
+    return {"computed_at": timezone.now().timestamp(), "streams": streams, "sealed_days": totals["days"] or 0,
+            "lake_bytes": totals["bytes"] or 0,
+            "damaged": [{"stream": stream_id(s, c), "day": d.isoformat(), "problem": why} for s, c, d, why in damaged]}
+
+
+def publish_facts(today: date | None = None) -> dict[str, Any]:
+    facts = dataset_facts(today)
+    sync_redis().set(DATASET_FACTS, orjson.dumps(facts))
+    return facts
+
+
+def read_facts() -> dict[str, Any] | None:
+    raw = sync_redis().get(DATASET_FACTS)
+    return None if raw is None else dict(orjson.loads(raw))
 
 
 # --- the scrub ---------------------------------------------------------------------------------------

@@ -173,10 +173,11 @@ def maintain_partitions() -> dict[str, list[str]]:
 @shared_task(name="workers.tasks.seal_days", ignore_result=True)
 def seal_days() -> dict[str, list[str]]:
     """Every 5 minutes (migration 0007): complete closed days sealed into the lake, cold ones left to it."""
-    from workers.seal import drop_cold, seal_due
+    from workers.seal import drop_cold, publish_facts, seal_due
 
     def work() -> dict[str, list[str]]:
         sealed, cold = seal_due(), drop_cold()
+        publish_facts()
         return {"sealed": sealed.sealed, "refused": sealed.refused, "dropped": cold.dropped}
 
     return _periodic("seal", work, {})
@@ -185,10 +186,11 @@ def seal_days() -> dict[str, list[str]]:
 @shared_task(name="workers.tasks.scrub_lake", ignore_result=True)
 def scrub_lake() -> dict[str, int]:
     """Every 10 minutes (migration 0007): a share of the sealed files and hot days verified again."""
-    from workers.seal import scrub
+    from workers.seal import publish_facts, scrub
 
     def work() -> dict[str, int]:
         done = scrub()
+        publish_facts()
         return {"verified": done.verified, "damaged": len(done.damaged), "rebuilt": len(done.rebuilt),
                 "hot_checked": done.hot_checked, "hot_changed": len(done.hot_changed)}
 

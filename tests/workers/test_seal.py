@@ -4,6 +4,8 @@ writers wait; the scrub finding a flipped byte, a deleted file and deleted rows.
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +16,7 @@ from typing import Any
 import duckdb
 import psycopg
 import pytest
+from django.core.management import call_command
 from django.db import connection
 
 from streams import dataset, partitions
@@ -29,6 +32,7 @@ from tests.helpers import database_url, wait_for
 from workers import seal
 from workers.archive_import import import_range
 from workers.coverage import update_coverage
+from workers.metrics import render
 from workers.models import DayCoverage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -221,3 +225,42 @@ def test_the_scrub_finds_rows_deleted_from_a_hot_day_that_is_not_sealed(settings
         assert report.hot_changed == ["BTCUSDT trade 2026-10-29"]
         update_coverage("BTCUSDT", TRADE)
         assert DayCoverage.objects.get(day=day).holes == [[rows[3].trade_id, rows[3].trade_id]]
+
+
+def test_coverage_says_where_each_day_lives_and_recheck_verifies_the_sealed_files_at_once(
+        settings: Any, tmp_path: Path) -> None:
+    with history(settings, tmp_path):
+        seal.seal_due()
+        settings.DATASET_HOT_DAYS = 3
+        seal.drop_cold()  # October and November leave the database: sealed, past the window
+        out = io.StringIO()
+        call_command("coverage", "BTCUSDT", "--from", "2026-10-28", "--to", "2026-10-28", "--json", stdout=out)
+        (entry,) = json.loads(out.getvalue())["days"]
+        assert (entry["verdict"], entry["where"], entry["seal"]["state"], entry["seal"]["complete"]) == (
+            "complete", "lake", "sealed", True)
+        key = DayKey("spot", "BTCUSDT", TRADE, date(2026, 10, 28))
+        path = Path(lake().full_path(key.path))
+        data = bytearray(path.read_bytes())
+        data[200] ^= 0x01
+        path.write_bytes(bytes(data))
+        out = io.StringIO()
+        call_command("coverage", "BTCUSDT", "--from", "2026-10-27", "--to", "2026-10-29", "--recheck", stdout=out)
+        text = out.getvalue()
+        assert "3 sealed files verified, 1 damaged (spot BTCUSDT trade 2026-10-28)" in text
+        assert "0 rebuilt from the database" in text  # the database no longer holds October
+        assert "3 sealed in the lake, 1 damaged" in text
+
+
+def test_the_metrics_say_which_streams_have_incomplete_or_damaged_days(
+        settings: Any, tmp_path: Path, clean_redis: None) -> None:
+    with history(settings, tmp_path):
+        seal.seal_due()
+        DayCoverage.objects.filter(day=date(2026, 10, 30)).update(verdict="holes")
+        SealedDay.objects.filter(day=date(2026, 10, 31)).update(state="damaged", problem="the file is missing")
+        facts = seal.publish_facts(today=date(2026, 10, 31))
+        assert facts["streams"]["btcusdt@trade"] == {"incomplete": 1, "damaged": 1, "yesterday_complete": 0}
+        text = render().decode()
+        assert 'collector_dataset_days_incomplete{stream="btcusdt@trade"} 1.0' in text
+        assert 'collector_dataset_yesterday_complete{stream="btcusdt@trade"} 0.0' in text
+        assert 'collector_dataset_days_damaged{stream="btcusdt@trade"} 1.0' in text
+        assert "collector_dataset_sealed_days 7.0" in text

@@ -12,9 +12,19 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from streams import queries
 from streams.binance.errors import InvalidStreamName
 from streams.binance.protocol import CHANNELS, normalize_channel, normalize_symbol
-from workers.coverage import coverage_rows, day_entry, mark_days, streams_covered, update_coverage, utc_today
+from streams.models import SealedDay
+from workers.coverage import (
+    coverage_rows,
+    day_entry,
+    mark_days,
+    seals_of,
+    streams_covered,
+    update_coverage,
+    utc_today,
+)
 from workers.management.commands.import_archive import day
 from workers.models import DayCoverage
+from workers.seal import ScrubReport, cold_before, stored_months, verify_sealed, where
 
 
 class Command(BaseCommand):
@@ -28,8 +38,9 @@ class Command(BaseCommand):
         parser.add_argument("--to", dest="last", type=day, default=None, help="last day, YYYY-MM-DD")
         parser.add_argument("--json", action="store_true", help='{"days": [...]}, as /api/coverage/ answers')
         parser.add_argument("--recheck", action="store_true",
-                            help="compute the days in range again from the table, complete ones too (finds rows "
-                                 "deleted since; a hole found sends the audit back to fill it)")
+                            help="compute the days in range again from both tiers, complete ones too (finds rows "
+                                 "deleted since; a hole found sends the audit back to fill it), and verify their "
+                                 "sealed lake files now (SHA-256, rows, ids)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -47,31 +58,56 @@ class Command(BaseCommand):
                 days = days.filter(day__gte=first) if first else days
                 days = days.filter(day__lte=last) if last else days
                 mark_days(sym, chan, days.values_list("day", flat=True))
+                self._verify_sealed(sym, chan, first, last)
             update_coverage(sym, chan)
         rows = [r for r in coverage_rows(symbol, channel, first, last) if (r.symbol, r.channel) in set(streams)]
+        seals = seals_of(rows)
+        months, cutoff = stored_months(), cold_before()
+        places = {(r.symbol, r.channel, r.day): where(r, seals.get((r.symbol, r.channel, r.day)), months, cutoff)
+                  for r in rows}
         if options["json"]:
-            self.stdout.write(json.dumps({"days": [day_entry(r) for r in rows]}))
+            self.stdout.write(json.dumps({"days": [day_entry(r, seals.get((r.symbol, r.channel, r.day)),
+                                                             places[(r.symbol, r.channel, r.day)]) for r in rows]}))
             return
         if not rows:
             self.stdout.write("no stored trades" + (f" for {symbol}" if symbol else ""))
             return
-        self._table(rows)
+        self._table(rows, seals, places)
 
-    def _table(self, rows: list[DayCoverage]) -> None:
+    def _verify_sealed(self, symbol: str, channel: str, first: Any, last: Any) -> None:
+        sealed = SealedDay.objects.filter(symbol=symbol, channel=channel)
+        sealed = sealed.filter(day__gte=first) if first else sealed
+        sealed = sealed.filter(day__lte=last) if last else sealed
+        report = ScrubReport()
+        for sealed_day in sealed.order_by("day"):
+            verify_sealed(sealed_day, report)
+        if report.verified:
+            self.stdout.write(f"{symbol} {channel}: {report.verified} sealed files verified, "
+                              f"{len(report.damaged)} damaged ({', '.join(report.damaged) or 'none'}), "
+                              f"{len(report.rebuilt)} rebuilt from the database")
+
+    def _table(self, rows: list[DayCoverage], seals: dict[Any, SealedDay], places: dict[Any, str]) -> None:
         current = None
         for row in rows:
             if (row.symbol, row.channel) != current:
                 current = (row.symbol, row.channel)
                 self.stdout.write(f"\n{row.symbol} {row.channel}")
                 self.stdout.write(f"{'day':<11} {'trades':>11} {'first id':>14} {'last id':>14} {'archive':>11}  "
-                                  f"{'verdict':<9}  holes")
+                                  f"{'verdict':<9}  {'where':<8}  {'seal':<8}  {'verified':<16}  holes")
             archive = "" if row.archive_count is None else f"{row.archive_count:,}"
             holes = ", ".join(f"{a}..{b}" for a, b in row.holes[:5]) + (" ..." if len(row.holes) > 5 else "")
+            sealed = seals.get((row.symbol, row.channel, row.day))
+            seal = "" if sealed is None else (sealed.state if sealed.complete or sealed.state != "sealed"
+                                              else "partial")
+            verified = "" if sealed is None else f"{sealed.verified_at:%Y-%m-%d %H:%M}"
             self.stdout.write(f"{row.day!s:<11} {row.trades:>11,} {row.first_id or '':>14} {row.last_id or '':>14} "
-                              f"{archive:>11}  {row.verdict:<9}  {holes}")
+                              f"{archive:>11}  {row.verdict:<9}  {places[(row.symbol, row.channel, row.day)]:<8}  "
+                              f"{seal:<8}  {verified:<16}  {holes}")
         verdicts = Counter(r.verdict for r in rows)
+        damaged = sum(1 for s in seals.values() if s.state == SealedDay.State.DAMAGED)
         self.stdout.write(f"\n{len(rows)} days: {verdicts['complete']} complete, {verdicts['holes']} with holes, "
-                          f"{verdicts['unchecked']} unchecked (today is {utc_today()}, UTC)")
+                          f"{verdicts['unchecked']} unchecked; {len(seals)} sealed in the lake, {damaged} damaged "
+                          f"(today is {utc_today()}, UTC)")
 
 
 def _streams(symbol: str | None) -> list[tuple[str, str]]:
