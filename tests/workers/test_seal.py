@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -28,7 +29,7 @@ from streams.lake.schema import table_from_trades
 from streams.models import PriceUpdate, SealedDay
 from streams.storage import store_trades
 from streams.tiers import lake
-from tests.helpers import database_url, wait_for
+from tests.helpers import command_env, database_url, manage, wait_for
 from workers import seal
 from workers.archive_import import import_range
 from workers.coverage import update_coverage
@@ -264,3 +265,41 @@ def test_the_metrics_say_which_streams_have_incomplete_or_damaged_days(
         assert 'collector_dataset_yesterday_complete{stream="btcusdt@trade"} 0.0' in text
         assert 'collector_dataset_days_damaged{stream="btcusdt@trade"} 1.0' in text
         assert "collector_dataset_sealed_days 7.0" in text
+
+
+def test_live_days_join_the_lake_by_themselves_and_read_back_after_the_archives_without_a_gap(
+        settings: Any, tmp_path: Path) -> None:
+    # History from the archive up to yesterday and from REST up to now, then the live stream (the real client over
+    # the fake exchange's sockets, stored by the one-off command); then midnight passes (the passes are given
+    # tomorrow's date) and today is sealed as the history was.
+    today = datetime.now(UTC).date()
+    settings.LAKE_URL = str(tmp_path / "lake")
+    with running_exchange(symbols={"BTCUSDT": 40.0}, seed=9, history_from=today - timedelta(days=3),
+                          history_rate=0.01) as ex:
+        settings.BINANCE_REST_URL = settings.BINANCE_ARCHIVE_URL = ex.rest_url
+        import_range(["BTCUSDT"], today - timedelta(days=3), today)  # today's file is not out: REST up to now
+        done = manage("binance_websocket_client", "--symbol", "btcusdt", "--limit", "300", "--resume",
+                      env=command_env(ex, LAKE_URL=settings.LAKE_URL), timeout=120)
+        assert done.returncode == 0, done.stderr
+        live_ids = list(PriceUpdate.objects.filter(ticker_symbol="BTCUSDT", received_time__isnull=False).order_by(
+            "trade_id").values_list("trade_id", flat=True))
+        tomorrow = today + timedelta(days=1)
+        update_coverage("BTCUSDT", TRADE, today=tomorrow)
+        assert DayCoverage.objects.get(day=today).verdict == "unchecked"  # its end is not established yet
+        # Tomorrow the archive publishes today's file (the exchange made no trade since): its last id closes the
+        # day, and the live rows, identical, keep their receive time.
+        ex.calm()
+        ex.set_rates({"BTCUSDT": 0.0})
+        ex.archive.clock = lambda: time.time() + 86_400
+        import_range(["BTCUSDT"], today, today, fill_from_rest=False)
+        update_coverage("BTCUSDT", TRADE, today=tomorrow)
+        assert DayCoverage.objects.get(day=today).verdict == "complete"
+        assert str(DayKey("spot", "BTCUSDT", TRADE, today)) in seal.seal_due(today=tomorrow).sealed
+        stored = PriceUpdate.objects.filter(ticker_symbol="BTCUSDT").order_by("-trade_id").first()
+        assert stored is not None
+        table = dataset.trades("BTCUSDT", today - timedelta(days=3), tomorrow)
+        record = [t for t in ex.record("BTCUSDT") if t.trade_id <= stored.trade_id]
+        assert table.column("trade_id").to_pylist() == [t.trade_id for t in record]
+        assert sealed_days()[today].source == "database" and sealed_days()[today].complete
+        received = table.filter(dataset.pc.is_valid(table.column("received_time"))).column("trade_id").to_pylist()
+        assert received == live_ids and len(live_ids) >= 200  # the live trades keep their receive time
