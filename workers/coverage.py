@@ -21,12 +21,16 @@ under it) sends the watermark back to just before the hole, so that the audit's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -40,6 +44,8 @@ from workers.watermark import lower_watermark, watermark
 logger = logging.getLogger(__name__)
 
 CALENDAR_DAYS = 35  # days the status page shows
+_LOCK_SPACE = 0x636F76  # pg_advisory_xact_lock's first key: "cov", the coverage computations
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 SPOT = "spot"  # the only market the database holds until it has a market column
 
 
@@ -49,8 +55,27 @@ def utc_today() -> date:
 
 def update_coverage(symbol: str, channel: str, today: date | None = None) -> int:
     """Compute every day of the stream that is not final yet, from its first stored or imported day to
-    today; returns how many days were computed."""
-    today = today or utc_today()
+    today; returns how many days were computed. One computation per stream at a time (the audit, an import
+    and `coverage` may ask at once: each made the same new rows, and all but one died on the unique key)."""
+    with _stream_lock(symbol, channel):
+        return _update(symbol, channel, today or utc_today())
+
+
+@contextlib.contextmanager
+def _stream_lock(symbol: str, channel: str) -> Iterator[None]:
+    """PostgreSQL: a transaction-scoped advisory lock per stream (other processes too). SQLite, the embedded
+    single-host default: a lock per process (its writes are serialised by the database anyway)."""
+    if connection.vendor != "postgresql":
+        with _LOCKS.setdefault((symbol, channel), threading.Lock()):
+            yield
+        return
+    key = zlib.crc32(f"{symbol}@{channel}".encode()) - (1 << 31)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, key])
+        yield
+
+
+def _update(symbol: str, channel: str, today: date) -> int:
     rows = {row.day: row for row in DayCoverage.objects.filter(symbol=symbol, channel=channel)}
     ends = [*rows, *(_day_of(symbol, channel, queries.first_id), _day_of(symbol, channel, queries.last_id))]
     days = [d for d in ends if d is not None]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -189,3 +190,29 @@ def test_a_hole_of_many_days_is_filled_from_the_archive_a_few_days_a_pass(settin
         assert fill_holes("BTCUSDT", TRADE) == (1, len(lost) - first[1])
         assert ex.stats.rest_requests["/api/v3/historicalTrades"] == historical
         assert stored_ids() == [t.trade_id for t in ex.record("BTCUSDT")]
+
+
+def test_three_coverage_updates_at_once_all_finish_and_agree(settings: Any) -> None:
+    # Seen: the audit, an import and the command computing the same stream at once: two of three died on the
+    # unique key of the rows they all made.
+    with imported(settings, 47):
+        DayCoverage.objects.all().delete()
+        start, errors = threading.Barrier(3), []
+
+        def compute() -> None:
+            try:
+                start.wait()
+                update_coverage("BTCUSDT", TRADE)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=compute) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert DayCoverage.objects.filter(symbol="BTCUSDT").count() == 13
+        assert set(verdicts().values()) == {"complete", "unchecked"}
