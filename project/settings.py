@@ -20,8 +20,15 @@ from project.env import (
     env_str,
     env_url,
 )
+from project.envfiles import EnvFileError, env_file_load
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# A command typed in a shell reads .env as make run's processes do (project/envfiles.py says when not).
+try:
+    env_file_load()
+except EnvFileError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 
 DEBUG = env_bool("DEBUG", False)
 _DEV_SECRET = "dev-only-insecure-secret-key-do-not-use-in-production"  # noqa: S105 (DEBUG only)
