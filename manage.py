@@ -12,7 +12,7 @@ def main() -> None:
 
     try:
         execute_from_command_line(sys.argv)
-    except ImproperlyConfigured as exc:  # a bad setting (issue 11): one line naming it, not a traceback
+    except ImproperlyConfigured as exc:  # a bad setting: one line naming it, not a traceback
         sys.exit(f"error: {exc}")
 
 
