@@ -21,7 +21,7 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.test import Client, override_settings
 
 from project.env import env_header, env_origins, env_url, secret_problem
-from project.launcher.envfiles import envfile_read
+from project.envfiles import envfile_read
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "collector.example.com"
