@@ -106,6 +106,7 @@ class PriceUpdateQuerySet(models.QuerySet["PriceUpdate"]):
             deleted = int(cursor.rowcount)
         return deleted, {self.model._meta.label: deleted}
 
+    # Django's marks on a queryset method, set as attributes of the function (hence the ignores).
     delete.alters_data = True  # type: ignore[attr-defined]
     delete.queryset_only = True  # type: ignore[attr-defined]
 

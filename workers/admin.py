@@ -30,7 +30,7 @@ NONE = "—"
 _UNAVAILABLE = StreamStatus(state="status unavailable")
 
 
-class AddSymbolStreamForm(forms.ModelForm):  # type: ignore[type-arg]
+class AddSymbolStreamForm(forms.ModelForm):  # type: ignore[type-arg]  # generic only in the stubs
     """Symbol and channel; the symbol is checked with the exchange before anything is created."""
 
     symbol = forms.CharField(max_length=20, help_text="The exchange's symbol, like BTCUSDT.")
@@ -265,6 +265,7 @@ def _key(obj: SymbolStream) -> tuple[str, str] | None:
 
 def _status(obj: SymbolStream) -> StreamStatus | None:
     """The row's live status, read once per row (several columns show it)."""
+    # Kept on the row object itself, which declares no such attribute (hence the ignores).
     if not hasattr(obj, "_live_status"):
         obj._live_status = _read(obj)  # type: ignore[attr-defined]
     return obj._live_status  # type: ignore[attr-defined, no-any-return]

@@ -177,8 +177,9 @@ class Hub:
 
     def _closed(self, closer: asyncio.Task[None]) -> None:
         self._closers.discard(closer)
-        if not closer.cancelled() and closer.exception() is not None:
-            logger.warning("closing a live page failed: %s", describe(closer.exception()))  # type: ignore[arg-type]
+        error = None if closer.cancelled() else closer.exception()
+        if error is not None:
+            logger.warning("closing a live page failed: %s", describe(error))
 
     def _offer(self, pages: set[Page], frame: OutFrame) -> None:
         for page in list(pages):
