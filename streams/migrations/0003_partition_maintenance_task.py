@@ -13,7 +13,7 @@ TASK = "workers.tasks.maintain_partitions"
 EVERY = 3600  # seconds
 
 
-def create_task(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+def create_task(apps: Apps, schema_editor: BaseDatabaseSchemaEditor | None) -> None:
     db = schema_editor.connection.alias if schema_editor else "default"
     IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
