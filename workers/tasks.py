@@ -54,9 +54,10 @@ def _on_worker_shutdown(**_: Any) -> None:
     SHUTDOWN.set()
 
 
-@shared_task(bind=True, name="workers.tasks.run_stream", acks_late=False, time_limit=None, soft_time_limit=None,
+# No time limit: Celery's default (time_limit and soft_time_limit None).
+@shared_task(bind=True, name="workers.tasks.run_stream", acks_late=False,
              ignore_result=True)  # routed to the streams queue by CELERY_TASK_ROUTES
-def run_stream(self: Task, symbol: str, channel: str) -> str:
+def run_stream(self: Task[..., str], symbol: str, channel: str) -> str:
     """The long-running task of one symbol stream; returns why it ended."""
     from workers.events import task_events
     from workers.runtime import runtime
@@ -64,7 +65,8 @@ def run_stream(self: Task, symbol: str, channel: str) -> str:
 
     hostname = self.request.hostname or socket.gethostname()
     task_id = self.request.id
-    tallied = task_id or stream_id(symbol, channel)  # this process's summary line counts its streams
+    assert task_id is not None  # a worker gives every task it runs an id
+    tallied = task_id  # this process's summary line counts its streams
     events = task_events()
 
     def publish(status: StreamStatus) -> None:

@@ -123,7 +123,7 @@ def production(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
 
 def login(client: Client, *, host: str, origin: str, username: str = "boss", password: str = PASSWORD,
           secure: bool = True) -> Any:
-    proxy = {"HTTP_X_FORWARDED_PROTO": "https"} if secure else {}
+    proxy: dict[str, Any] = {"HTTP_X_FORWARDED_PROTO": "https"} if secure else {}
     page = client.get("/admin/login/", HTTP_HOST=host, **proxy)
     assert page.status_code == 200, page.status_code
     token = client.cookies["csrftoken"].value

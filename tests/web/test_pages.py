@@ -34,8 +34,9 @@ def test_the_live_page_opens_with_each_enabled_symbols_latest_trades(settings: A
     response = Client().get("/")
     assert response.status_code == 200
     html = response.content.decode()
-    config = json.loads(re.search(r'<script id="live-config" type="application/json">(.*?)</script>',
-                                  html, re.S).group(1))
+    found = re.search(r'<script id="live-config" type="application/json">(.*?)</script>', html, re.S)
+    assert found is not None
+    config = json.loads(found.group(1))
     initial = config["initial"]
     assert config["channels"] == {"BTCUSDT": "trade", "ETHUSDT": "trade"}
     assert config["day_open"] == {"BTCUSDT": None, "ETHUSDT": None}  # nothing stored today
@@ -59,7 +60,7 @@ def test_the_live_page_says_how_to_enable_a_stream_when_none_is(clean_redis: Non
 def test_the_pages_static_files_are_served_by_the_app_itself() -> None:
     response = Client().get("/static/web/live.js")
     assert response.status_code == 200
-    assert b"new WebSocket" in b"".join(response.streaming_content)
+    assert b"new WebSocket" in response.getvalue()
 
 
 def test_a_stored_row_turns_back_into_the_same_trade() -> None:

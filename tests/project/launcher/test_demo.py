@@ -15,8 +15,8 @@ from django.conf import settings
 
 from project.launcher.preflight import shared_with_run
 from project.launcher.profiles import DEMO, STATE_DIR, profile_env
-from tests.helpers import ROOT
-from tests.project.launcher.helpers import Started, free_port
+from tests.helpers import ROOT, free_port
+from tests.project.launcher.helpers import Started
 from tests.project.launcher.test_run_checks import machine
 
 # A probe run by the demo's runner as one of its processes: what a demo process writes, and where.

@@ -13,8 +13,7 @@ import pytest
 from django.conf import settings
 
 from project.launcher.flower import basic_auth_problem, flower_command
-from tests.helpers import ROOT, wait_for
-from tests.project.launcher.helpers import free_port
+from tests.helpers import ROOT, free_port, wait_for
 
 
 @pytest.mark.parametrize(("value", "message"), [

@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from project.launcher.profiles import STATE_DIR
-from tests.helpers import ROOT, wait_for
-from tests.project.launcher.helpers import Started, child_line, free_port, pid_in, processes_mentioning, running
+from tests.helpers import ROOT, free_port, wait_for
+from tests.project.launcher.helpers import Started, child_line, pid_in, processes_mentioning, running
 
 MAKE = shutil.which("make") or "/usr/bin/make"
 # What the test's own environment must not pass on: pytest-django's settings module, an outer make's flags.
