@@ -1,6 +1,7 @@
 # The two commands: `make run` checks the machine, sets up and starts the service; `make test` sets up and
 # passes the tests. What the Makefile cannot install itself (Debian): the README's Quickstart, one apt-get line.
-# `make run` and `make demo` read .env (generated on the first run) and the environment: see docs/configuration.md.
+# `make run` reads .env (generated on the first run) and the environment, as manage.py and celery typed in a
+# shell do; `make demo` reads .env.demo and keeps its own database and Redis database: see docs/operating.md.
 
 # Prefer Debian's python3.11: it is built with PGO/LTO and parses trades ~1.7x faster than a plain
 # source build (pyenv's, on these machines). Any Python 3.11 works.
@@ -44,8 +45,8 @@ demo: PROFILE := --demo
 demo: check $(STAMP) $(CHART)
 	$(BIN)/python -m project.launcher.run --demo $(RUN_ARGS)
 
-# manage.py with the environment `make run` gives its processes: make manage ARGS=createsuperuser
-# (DEMO=1 for make demo's).
+# manage.py with the environment `make run` gives its processes: make manage ARGS=createsuperuser, the same as
+# .venv/bin/python manage.py createsuperuser; DEMO=1 for make demo's (its database, Redis and fake exchange).
 manage: $(STAMP)
 	$(MANAGE) $(ARGS)
 
@@ -65,8 +66,9 @@ setup: $(STAMP) $(CHART)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# mypy over the whole tree, strict, with the Django plugin: pyproject.toml's [tool.mypy] names the files.
 typecheck: $(STAMP)
-	$(BIN)/mypy streams/binance streams/fake streams/archive.py web/live/wire.py web/live/page.py project/launcher
+	$(BIN)/mypy
 
 # The Prometheus alert rules (workers/monitoring/): their syntax, and their unit tests (alerts.test.yml). What
 # /metrics renders goes through `promtool check metrics` in tests/workers/test_metrics.py.

@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -68,8 +68,9 @@ def _figures(label: str, r: dict[str, Any]) -> list[Result]:
     def line(name: str, text: str) -> Measured:
         return Measured(f"browser ({label}): {name}", 0, 1.0, text=text)
 
-    out = [line(f"{r['pages']} pages at {r['rate']:.0f} trades/s",
-                f"{r['connected']} connected, {r['open_at_end']} open at the end, {r['refused']} refused")]
+    out: list[Result] = [line(f"{r['pages']} pages at {r['rate']:.0f} trades/s",
+                              f"{r['connected']} connected, {r['open_at_end']} open at the end, "
+                              f"{r['refused']} refused")]
     out.append(line("delivered to every page",
                     f"{r['delivered_pct']:.2f} % ({r['complete_pages']} pages got every trade of "
                     f"{r['expected']:,}; the publisher dropped {r['publisher_dropped']:,})"))
@@ -283,6 +284,7 @@ async def _publish(rate: float, seconds: float, batch_ms: float) -> dict[str, An
     from streams.broadcast import ALL_TRADES_GROUP, Broadcaster
 
     layer = get_channel_layer()
+    assert layer is not None  # the settings configure the Redis layer
     sent_after: list[float] = []  # ms from a batch's event time until its send to `binance_data` returned
     group_send = layer.group_send
 
@@ -293,7 +295,7 @@ async def _publish(rate: float, seconds: float, batch_ms: float) -> dict[str, An
             at = text.find('"event_ts":') + 11
             sent_after.append(time.time() * 1000 - int(text[at:text.find(",", at)]))
 
-    layer.group_send = timed_group_send  # the stream side's Broadcaster, timed from outside
+    layer.group_send = timed_group_send  # type: ignore[method-assign]  # the Broadcaster, timed from outside
     # Only `binance_data`: since the live hub nobody joins `trades.<symbol>` (the stream side still sends
     # there, 0.6 ms a group).
     broadcaster = Broadcaster([ALL_TRADES_GROUP], per_symbol=False, layer=layer, queue_size=1000)
@@ -344,7 +346,7 @@ class _Page(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # create_connection's: a TCP transport
         self.transport.write(self.HANDSHAKE % self.path.encode())
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -46,8 +46,9 @@ class GroupPerPageConsumer(AsyncWebsocketConsumer):
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
+    # Consumers routed with Django's re_path, whose stubs take views only (as in web/routing.py).
     "websocket": AllowedHostsOriginValidator(URLRouter([
-        re_path(r"^ws/trades/$", GroupPerPageConsumer.as_asgi()),
-        re_path(r"^ws/trades/(?P<symbol>[^/]+)/$", GroupPerPageConsumer.as_asgi()),
+        re_path(r"^ws/trades/$", GroupPerPageConsumer.as_asgi()),  # type: ignore[arg-type, list-item]
+        re_path(r"^ws/trades/(?P<symbol>[^/]+)/$", GroupPerPageConsumer.as_asgi()),  # type: ignore[arg-type, list-item]
     ])),
 })

@@ -1,8 +1,9 @@
 """Benchmarks of the whole pipeline: fake exchange -> stream runner -> Redis buffer -> flush -> PostgreSQL.
 
-Runs in this process: the stream runners (the body of `run_stream`) on one event loop, the flush loop
-on a thread, a scratch PostgreSQL database made the default one, the Redis at REDIS_URL (keys under
-`collector:` are deleted before and after: do not run it against a production Redis).
+Runs in this process: the stream tasks (the body of `run_stream`: a thread each, hosted by one runtime on
+one event loop, as in a streams worker), the flush loop on a thread, a scratch PostgreSQL database made the
+default one, the Redis at REDIS_URL (keys under `collector:` are deleted before and after: do not run it
+against a production Redis).
 """
 
 from __future__ import annotations
@@ -13,19 +14,19 @@ import resource
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from django.db import connections
-from workers.streaming import ShutdownSignal, run_stream_until_stopped
 
 from benchmarks.client import Result, exchange_process
 from benchmarks.storage import postgres_url
-from streams.binance.protocol import TRADE, Trade
+from streams.binance.protocol import TRADE, Trade, datetime_from_exchange
 from streams.models import PriceUpdate
 from streams.storage import StoreResult, store_trades
 from workers.buffer import flush_all
 from workers.keys import PREFIX, stream_id
 from workers.redis import sync_redis
+from workers.runtime import Runtime, ShutdownSignal
 from workers.status import read_status
 
 
@@ -75,7 +76,8 @@ class _Flusher(threading.Thread):
         result = store_trades(trades, using)
         now_ms = time.time() * 1000
         start = self.window_start_ms
-        self.window_latencies_ms.extend(now_ms - t.event_ts for t in trades if t.event_ts >= start)
+        events_ms = (datetime_from_exchange(t.event_ts).timestamp() * 1000 for t in trades)  # ms or µs: either
+        self.window_latencies_ms.extend(now_ms - event_ms for event_ms in events_ms if event_ms >= start)
         return result
 
     def run(self) -> None:
@@ -86,14 +88,41 @@ class _Flusher(threading.Thread):
         connections.close_all()
 
 
-async def _run_streams(symbols: list[str], shutdown: ShutdownSignal) -> list[asyncio.Task[object]]:
-    return [asyncio.create_task(run_stream_until_stopped(s, TRADE, owner=f"bench:{s}", shutdown=shutdown))
-            for s in symbols]
+class _Streams:
+    """Stream tasks as a streams worker runs them: a thread each, all hosted by one runtime (one loop)."""
+
+    def __init__(self) -> None:
+        self.shutdown = ShutdownSignal()
+        self.runtime = Runtime(self.shutdown)
+        self._threads: list[threading.Thread] = []
+
+    def start(self, symbols: list[str]) -> None:
+        for symbol in symbols:
+            thread = threading.Thread(target=self.runtime.run_stream, args=(symbol, TRADE),
+                                      kwargs={"owner": f"bench:{symbol}"}, daemon=True, name=f"bench-{symbol}")
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self.shutdown.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.runtime.close()
 
 
-def _wait(condition: object, timeout: float) -> None:
+@contextlib.contextmanager
+def _streams_running(symbols: list[str]) -> Iterator[_Streams]:
+    streams = _Streams()
+    try:
+        streams.start(symbols)
+        yield streams
+    finally:
+        streams.stop()
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.monotonic() > deadline:
             raise RuntimeError("benchmark condition not met in time")
         time.sleep(0.05)
@@ -108,31 +137,23 @@ def bench_throughput(streams: int, per_stream: int) -> Result:
     return Result(f"pipeline, {streams} stream(s) -> PostgreSQL", streams * per_stream, elapsed)
 
 
-def _pipeline(ws_url: str, rest_url: str, symbols: list[str], start: object, total: int) -> float:
+def _pipeline(ws_url: str, rest_url: str, symbols: list[str], start: Callable[[], object], total: int) -> float:
     from django.conf import settings
 
     settings.BINANCE_WS_URL, settings.BINANCE_REST_URL = ws_url, rest_url
-    shutdown = ShutdownSignal()
     flusher = _Flusher()
-    loop = asyncio.new_event_loop()
-    runner = threading.Thread(target=loop.run_forever, daemon=True, name="bench-streams")
-    runner.start()
-    tasks = asyncio.run_coroutine_threadsafe(_run_streams(symbols, shutdown), loop).result()
     try:
-        _wait(lambda: all(_connected(s) for s in symbols), 60)
-        flusher.start()
-        began = time.perf_counter()
-        start()  # type: ignore[operator]
-        _wait(lambda: PriceUpdate.objects.count() >= total, 600)
-        return time.perf_counter() - began
+        with _streams_running(symbols):
+            _wait(lambda: all(_connected(s) for s in symbols), 60)
+            flusher.start()
+            began = time.perf_counter()
+            start()
+            _wait(lambda: PriceUpdate.objects.count() >= total, 600)
+            return time.perf_counter() - began
     finally:
-        shutdown.set()
-        for task in tasks:
-            asyncio.run_coroutine_threadsafe(asyncio.wait_for(asyncio.shield(task), 30), loop)
-        _wait(lambda: all(t.done() for t in tasks), 60)
-        loop.call_soon_threadsafe(loop.stop)
         flusher.stop.set()
-        flusher.join(timeout=30)
+        if flusher.is_alive():
+            flusher.join(timeout=30)
 
 
 def bench_memory(extra: int = 50) -> Result:
@@ -142,19 +163,12 @@ def bench_memory(extra: int = 50) -> Result:
         from django.conf import settings
 
         settings.BINANCE_WS_URL, settings.BINANCE_REST_URL = ws_url, rest_url
-        shutdown = ShutdownSignal()
-        loop = asyncio.new_event_loop()
-        threading.Thread(target=loop.run_forever, daemon=True).start()
-        first = asyncio.run_coroutine_threadsafe(_run_streams(symbols[:1], shutdown), loop).result()
-        _wait(lambda: _connected(symbols[0]), 60)
-        before = _rss_kib()
-        rest = asyncio.run_coroutine_threadsafe(_run_streams(symbols[1:], shutdown), loop).result()
-        _wait(lambda: all(_connected(s)
-                          for s in symbols), 120)
-        after = _rss_kib()
-        shutdown.set()
-        _wait(lambda: all(t.done() for t in first + rest), 60)
-        loop.call_soon_threadsafe(loop.stop)
+        with _streams_running(symbols[:1]) as streams:
+            _wait(lambda: _connected(symbols[0]), 60)
+            before = _rss_kib()
+            streams.start(symbols[1:])
+            _wait(lambda: all(_connected(s) for s in symbols), 120)
+            after = _rss_kib()
     return Result(f"memory per additional stream ({extra} added)", int((after - before) / extra), 1.0, "KiB")
 
 
@@ -170,21 +184,15 @@ def bench_latency(rate: float = 1000.0, symbols: int = 5, seconds: float = 10.0)
         from django.conf import settings
 
         settings.BINANCE_WS_URL, settings.BINANCE_REST_URL = ws_url, rest_url
-        shutdown = ShutdownSignal()
         flusher = _Flusher()
-        loop = asyncio.new_event_loop()
-        threading.Thread(target=loop.run_forever, daemon=True).start()
         flusher.start()
-        tasks = asyncio.run_coroutine_threadsafe(_run_streams(names, shutdown), loop).result()
-        _wait(lambda: all(_connected(s) for s in names), 60)
-        time.sleep(2.0)  # let the start-up backfill drain: the steady state is what is measured
-        flusher.window_start_ms = time.time() * 1000
-        time.sleep(seconds)  # the measurement window itself
-        shutdown.set()
-        _wait(lambda: all(t.done() for t in tasks), 60)
+        with _streams_running(names):
+            _wait(lambda: all(_connected(s) for s in names), 60)
+            time.sleep(2.0)  # let the start-up backfill drain: the steady state is what is measured
+            flusher.window_start_ms = time.time() * 1000
+            time.sleep(seconds)  # the measurement window itself
         flusher.stop.set()
         flusher.join(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
     live = sorted(flusher.window_latencies_ms)
     p50 = statistics.quantiles(live, n=100)[49]
     p99 = statistics.quantiles(live, n=100)[98]
@@ -230,16 +238,9 @@ def bench_browser_latency(rate: float = 1000.0, symbols: int = 5, seconds: float
     try:
         with exchange_process(dict.fromkeys(names, rate / symbols)) as (ws_url, rest_url, _, __):
             settings.BINANCE_WS_URL, settings.BINANCE_REST_URL = ws_url, rest_url
-            shutdown = ShutdownSignal()
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, daemon=True).start()
-            tasks = asyncio.run_coroutine_threadsafe(_run_streams(names, shutdown), loop).result()
-            _wait(lambda: all(_connected(s)
-                              for s in names), 60)
-            latencies = asyncio.run(_browser(port, seconds))
-            shutdown.set()
-            _wait(lambda: all(t.done() for t in tasks), 60)
-            loop.call_soon_threadsafe(loop.stop)
+            with _streams_running(names):
+                _wait(lambda: all(_connected(s) for s in names), 60)
+                latencies = asyncio.run(_browser(port, seconds))
     finally:
         web.terminate()
         web.wait(timeout=30)
@@ -252,12 +253,13 @@ def bench_browser_latency(rate: float = 1000.0, symbols: int = 5, seconds: float
 async def _browser(port: int, seconds: float) -> list[float]:
     import orjson
     from websockets.asyncio.client import connect
+    from websockets.typing import Origin
 
     latencies: list[float] = []
     deadline = time.monotonic() + 30
     while True:  # the server may still be starting
         try:
-            ws = await connect(f"ws://127.0.0.1:{port}/ws/trades/", origin=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+            ws = await connect(f"ws://127.0.0.1:{port}/ws/trades/", origin=Origin(f"http://127.0.0.1:{port}"))
             break
         except OSError:
             if time.monotonic() > deadline:
@@ -273,7 +275,9 @@ async def _browser(port: int, seconds: float) -> list[float]:
             except TimeoutError:
                 break
             now_ms = time.time() * 1000
-            latencies.extend(now_ms - t["event_ts"] for t in orjson.loads(text) if t["event_ts"] >= start_ms)
+            frame = orjson.loads(text)
+            if isinstance(frame, list):  # the trades (the hello and state frames are objects)
+                latencies.extend(now_ms - t["event_ts"] for t in frame if t["event_ts"] >= start_ms)
     return latencies
 
 

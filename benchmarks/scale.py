@@ -182,7 +182,8 @@ def _busy(run: _Run, rate: float) -> None:
     wait_until(lambda: _stored_through(database, last), 600, "the database caught up with the busy market")
     missing = duplicated = 0
     for symbol, newest in last.items():
-        first = marks[symbol] + 1 if marks[symbol] is not None else ex.record(symbol)[0].trade_id
+        mark = marks[symbol]
+        first = mark + 1 if mark is not None else ex.record(symbol)[0].trade_id
         rows = query(database, "SELECT count(*), count(DISTINCT trade_id), min(trade_id), max(trade_id) FROM "
                                "streams_priceupdate WHERE ticker_symbol = %s AND channel = %s AND trade_id "
                                "BETWEEN %s AND %s", symbol, TRADE, first, newest)[0]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dj_database_url
+import redis
 from django.conf import settings
 from django.db import connections, transaction
 
@@ -252,8 +253,8 @@ async def _fill_buffer(trades: Sequence[Trade]) -> None:
         await client.aclose()
 
 
-def _clear_buffer(client: object) -> None:
-    client.delete(BUFFER_STREAM, BUFFER_TRADES, FLUSH_LOCK)  # type: ignore[attr-defined]
+def _clear_buffer(client: redis.Redis) -> None:
+    client.delete(BUFFER_STREAM, BUFFER_TRADES, FLUSH_LOCK)
 
 
 def bench_insert(alias: str, label: str, total: int = 200_000, batch: int = _BATCH) -> Result:

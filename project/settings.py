@@ -21,8 +21,15 @@ from project.env import (
     env_str,
     env_url,
 )
+from project.envfiles import EnvFileError, env_file_load
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# A command typed in a shell reads .env as make run's processes do (project/envfiles.py says when not).
+try:
+    env_file_load()
+except EnvFileError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 
 DEBUG = env_bool("DEBUG", False)
 _DEV_SECRET = "dev-only-insecure-secret-key-do-not-use-in-production"  # noqa: S105 (DEBUG only)
@@ -247,6 +254,8 @@ ARCHIVE_MIN_BYTES_PER_SECOND = env_float("ARCHIVE_MIN_BYTES_PER_SECOND", 50_000.
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").strip().upper()
 if not isinstance(logging.getLevelName(LOG_LEVEL), int):
     raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a level (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+# Each Celery process logs one line per interval saying what it did (workers/summary.py); 0: none.
+LOG_SUMMARY_INTERVAL = env_float("LOG_SUMMARY_INTERVAL", 60.0, minimum=0.0)
 LOG_FORMAT = env_str("LOG_FORMAT", "plain")
 if LOG_FORMAT not in ("plain", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not a log format (plain or json)")

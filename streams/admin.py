@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin
 from django.core.paginator import Paginator
@@ -20,15 +20,19 @@ from django.http import HttpRequest
 
 from streams.models import Instrument, PriceUpdate
 
+if TYPE_CHECKING:
+    from django.contrib.admin.filters import _ListFilterChoices
 
-class CappedPaginator(Paginator):
+
+class CappedPaginator(Paginator):  # type: ignore[type-arg]  # generic only in the stubs
     """Counts at most CAP rows (a LIMITed subquery) instead of all of them; later pages are not offered."""
 
     CAP = 10_000
 
     @cached_property
     def count(self) -> int:
-        return int(self.object_list.order_by()[: self.CAP].count())  # type: ignore[union-attr]
+        rows = cast("QuerySet[PriceUpdate]", self.object_list)  # the admin pages through its queryset
+        return int(rows.order_by()[: self.CAP].count())
 
 
 class StreamFilter(admin.SimpleListFilter):
@@ -52,14 +56,14 @@ class StreamFilter(admin.SimpleListFilter):
             return queryset.none()
         return queryset.filter(instrument_id=int(chosen))
 
-    def choices(self, changelist: Any) -> Iterator[dict[str, Any]]:
+    def choices(self, changelist: Any) -> Iterator[_ListFilterChoices]:
         for lookup, title in self.lookup_choices:  # no "All": every query stays on one stream's index
             yield {"selected": self.value() == str(lookup), "display": title,
                    "query_string": changelist.get_query_string({self.parameter_name: lookup})}
 
 
 @admin.register(PriceUpdate)
-class PriceUpdateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class PriceUpdateAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic only in the stubs
     list_display = ("trade_time", "ticker_symbol", "channel", "trade_id", "price", "volume", "is_market_maker",
                     "received_time")
     list_filter = (StreamFilter, ("trade_time", admin.DateFieldListFilter), "is_market_maker")

@@ -87,7 +87,10 @@ class PriceUpdateQuerySet(models.QuerySet["PriceUpdate"]):
     def _filter_or_exclude(self, negate: bool, args: Any, kwargs: Any) -> PriceUpdateQuerySet:
         # exclude() keeps the view's own columns: NOT (instrument_id = NULL), for a stream that has no
         # instrument yet, would exclude every row.
-        return super()._filter_or_exclude(negate, args, kwargs if negate else _by_instrument(kwargs))  # type: ignore[misc]
+        lookups = kwargs if negate else _by_instrument(kwargs)
+        # Django's private hook, which the stubs leave out (hence the ignore).
+        queryset: PriceUpdateQuerySet = super()._filter_or_exclude(negate, args, lookups)  # type: ignore[misc]
+        return queryset
 
     def delete(self) -> tuple[int, dict[str, int]]:
         """On PostgreSQL the rows live in `streams_trade` (a view cannot be deleted from): delete there."""
@@ -103,6 +106,7 @@ class PriceUpdateQuerySet(models.QuerySet["PriceUpdate"]):
             deleted = int(cursor.rowcount)
         return deleted, {self.model._meta.label: deleted}
 
+    # Django's marks on a queryset method, set as attributes of the function (hence the ignores).
     delete.alters_data = True  # type: ignore[attr-defined]
     delete.queryset_only = True  # type: ignore[attr-defined]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import BigIntegerField, Case, Count, F, Max, Min, QuerySet, Value, When, Window
@@ -53,6 +54,11 @@ def time_span(symbol: str, channel: str, start: datetime, end: datetime) -> Span
     return Span(row["n"], row["lo"], row["hi"])
 
 
+def _id_of(rows: QuerySet[PriceUpdate], pick: Max | Min) -> int | None:
+    found: int | None = rows.aggregate(found=pick)["found"]
+    return found
+
+
 def count_ids(symbol: str, channel: str, first: int, last: int) -> int:
     """How many ids of [first, last] are stored."""
     return _stream(symbol, channel).filter(trade_id__gte=first, trade_id__lte=last).count()
@@ -68,20 +74,20 @@ def holes(symbol: str, channel: str, start: int, end: int) -> list[Gap]:
 
 def id_before(symbol: str, channel: str, trade_id: int) -> int | None:
     """The highest stored id below `trade_id`."""
-    return _stream(symbol, channel).filter(trade_id__lt=trade_id).aggregate(top=Max("trade_id"))["top"]
+    return _id_of(_stream(symbol, channel).filter(trade_id__lt=trade_id), Max("trade_id"))
 
 
 def id_after(symbol: str, channel: str, trade_id: int) -> int | None:
     """The lowest stored id above `trade_id`."""
-    return _stream(symbol, channel).filter(trade_id__gt=trade_id).aggregate(low=Min("trade_id"))["low"]
+    return _id_of(_stream(symbol, channel).filter(trade_id__gt=trade_id), Min("trade_id"))
 
 
 def first_id(symbol: str, channel: str) -> int | None:
-    return _stream(symbol, channel).aggregate(low=Min("trade_id"))["low"]
+    return _id_of(_stream(symbol, channel), Min("trade_id"))
 
 
 def last_id(symbol: str, channel: str) -> int | None:
-    return _stream(symbol, channel).aggregate(top=Max("trade_id"))["top"]
+    return _id_of(_stream(symbol, channel), Max("trade_id"))
 
 
 def last_id_before(symbol: str, channel: str, moment: datetime) -> int | None:
@@ -120,7 +126,10 @@ def export_copy(symbol: str, channel: str, start: datetime, end: datetime,
     return _EXPORT_COPY.format(sql), params
 
 
-def day_rows(symbol: str, channel: str, start: datetime, end: datetime) -> QuerySet[PriceUpdate, tuple[int, ...]]:
+DayRow = tuple[int, Decimal, Decimal, datetime, bool]
+
+
+def day_rows(symbol: str, channel: str, start: datetime, end: datetime) -> QuerySet[PriceUpdate, DayRow]:
     """One day's trades in id order as (trade_id, price, volume, trade_time, is_market_maker), for backends
     without COPY (SQLite)."""
     return (_stream(symbol, channel).filter(trade_time__gte=start, trade_time__lt=end).order_by("trade_id")

@@ -44,7 +44,7 @@ def database_url(port: int | None = None) -> str:
 
 
 def command_env(exchange: FakeExchange, **overrides: str) -> dict[str, str]:
-    env = {**os.environ, **FAST_CLIENT_ENV, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "project.settings",
+    env = {**os.environ, **FAST_CLIENT_ENV, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "project.settings", "ENV_FILE": "",
            "BINANCE_WS_URL": exchange.ws_url, "BINANCE_REST_URL": exchange.rest_url,
            "REDIS_URL": settings.REDIS_URL, "DATABASE_URL": database_url(), "LOG_LEVEL": "INFO"}
     env.update(overrides)

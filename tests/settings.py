@@ -3,6 +3,9 @@
 import os
 import tempfile
 
+# No env file (project/envfiles.py): a test must never pick up a developer's .env, nor may the processes
+# it starts with the project's own settings, which inherit this.
+os.environ["ENV_FILE"] = ""
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")

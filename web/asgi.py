@@ -16,6 +16,7 @@ from web.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
-    "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+    # The routes are Django URL patterns of consumers, which URLRouter's stubs type as their own kind.
+    "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),  # type: ignore[arg-type]
     "lifespan": lifespan,  # at shutdown the live hub closes its pages and leaves the channel-layer group
 })

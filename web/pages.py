@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -13,6 +16,7 @@ from django.views.decorators.http import require_GET
 from streams.binance.protocol import TRADE
 from streams.broadcast import trade_message
 from streams.models import PriceUpdate
+from web.access import may_see_internals
 
 
 def _latest(symbol: str, channel: str, limit: int) -> list[dict[str, object]]:
@@ -64,7 +68,82 @@ def live(request: HttpRequest) -> HttpResponse:
         "day_open": {s: _day_open(s, channels[s]) for s in symbols},
         "coverage_url": _url_or_none("coverage-api"),
     }
-    return render(request, "web/live.html", {"symbols": symbols, "config": config})
+    may_see_status = may_see_internals(request, public=settings.STATUS_PUBLIC)
+    return render(request, "web/live.html", {"symbols": symbols, "config": config, "may_see_status": may_see_status})
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if value else "—"
+
+
+def _seconds(value: Any) -> str:
+    return "—" if value is None or value == "" else f"{value:,.1f}"
+
+
+def _millis(value: Any) -> str:
+    return "—" if value is None or value == "" else f"{value:,}"
+
+
+def _text(value: Any) -> str:
+    return str(value) if value not in (None, "") else "—"
+
+
+def _worker(value: Any) -> str:
+    """`host:pid` of the owner `host:pid:task id` (the whole of it is the cell's tooltip)."""
+    host, _, task = str(value or "").rpartition(":")
+    return host if host and len(task) >= 32 else _text(value)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the status page's streams table: its heading, what it means (the heading's tooltip and the
+    legend say it), how a value reads, and its kind: `number` (right-aligned), `name` or `words` (wrapped)."""
+
+    key: str
+    heading: str
+    meaning: str
+    shown: Callable[[Any], str] = _count
+    kind: str = "number"
+
+
+STATUS_COLUMNS = (
+    Column("stream", "stream", "The stream's name on the exchange: symbol@channel (trade or aggTrade).", _text, "name"),
+    Column("enabled", "enabled", "Whether the stream is enabled (in the admin, or manage.py streams enable).",
+           lambda value: "yes" if value else "no", "name"),
+    Column("state", "state", "What its task does: connected; connecting or backoff (waiting to reconnect); stalled "
+           "(its data, heartbeat or progress is late: the supervisor restarts it); not running (enabled, no task "
+           "runs it yet).", _text, "name"),
+    Column("worker", "worker", "The streams worker that hosts its task: host and process (hover for the task id).",
+           _worker, "name"),
+    Column("last_trade_age", "last trade (s)", "Seconds since its last live trade arrived (a quiet market trades "
+           "rarely).", _seconds),
+    Column("trades_per_s", "trades/s", "Trades handed to the buffer per second, on average since its task started.",
+           _seconds),
+    Column("reconnects", "reconnects", "Times its task connected to the exchange again (after a drop, a silence, "
+           "the 24-hour rotation)."),
+    Column("gaps_found", "gaps found", "Jumps in the trade ids that its task saw: trades the connection did not "
+           "deliver, fetched from the exchange's REST API."),
+    Column("gaps_healed", "gaps healed", "Of those gaps, the ones filled from the REST API."),
+    Column("missed", "missed", "Trade ids its task gave up (beyond the backfill window, or REST failed): the audit "
+           "finds and fills them later."),
+    Column("ids_back", "ids back", "Live trades whose id was not above the last one seen (a replay after a reconnect, "
+           "or an exchange reset): never stored twice; the audit checks them."),
+    Column("parse_errors", "parse errors", "Frames that could not be read as trades: skipped and kept as dead "
+           "letters."),
+    Column("errors", "errors", "Transient errors its task met and retried (Redis, the REST API)."),
+    Column("task_failures", "task failures", "Its tasks that ended with an error, over all time (the supervisor "
+           "started new ones)."),
+    Column("lag_ms", "lag (ms)", "From the exchange's time of its last trade to the trade's arrival here.", _millis),
+)
+# Under its stream's row, across the table: a message is too long for a column.
+ERROR_LINE = Column("last_error", "last error", "Under a stream's row: the last error its task met, or why its last "
+                    "task failed.", _text, "words")
+
+
+def _row(stream: dict[str, Any]) -> dict[str, Any]:
+    cells = [{"text": column.shown(stream.get(column.key)), "kind": column.kind,
+              "title": stream.get(column.key) if column.key == "worker" else ""} for column in STATUS_COLUMNS]
+    return {"state": stream["state"], "cells": cells, "error": stream.get("last_error") or stream.get("last_failure")}
 
 
 @require_GET
@@ -72,4 +151,7 @@ def status(request: HttpRequest) -> HttpResponse:
     from workers.coverage import calendar
     from workers.health import streams_report
 
-    return render(request, "web/status.html", {**streams_report(), "coverage": calendar()})
+    report = streams_report()
+    return render(request, "web/status.html", {
+        **report, "coverage": calendar(), "columns": STATUS_COLUMNS, "legend": [*STATUS_COLUMNS, ERROR_LINE],
+        "rows": [_row(stream) for stream in report["streams"]]})

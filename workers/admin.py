@@ -21,7 +21,7 @@ from workers import listing, registry
 from workers.deadletters import dead_letter_total, recent_dead_letters
 from workers.keys import stream_id
 from workers.models import ArchiveFile, DayCoverage, SymbolStream
-from workers.redis import sync_redis
+from workers.redis import sync_redis, text
 from workers.status import StreamStatus, read_status
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ NONE = "—"
 _UNAVAILABLE = StreamStatus(state="status unavailable")
 
 
-class AddSymbolStreamForm(forms.ModelForm):  # type: ignore[type-arg]
+class AddSymbolStreamForm(forms.ModelForm):  # type: ignore[type-arg]  # generic only in the stubs
     """Symbol and channel; the symbol is checked with the exchange before anything is created."""
 
     symbol = forms.CharField(max_length=20, help_text="The exchange's symbol, like BTCUSDT.")
@@ -80,7 +80,7 @@ class EnableTradingForm(forms.Form):
 
 
 @admin.register(SymbolStream)
-class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic only in the stubs
     list_display = ("symbol", "channel", "enabled", "exchange_status", "state", "last_trade_age", "trades_per_s",
                     "gaps_healed", "ids_back", "errors")
     list_filter = ("enabled",)
@@ -113,7 +113,7 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         except redis.RedisError as exc:
             logger.warning("cannot read the exchange status of %s: %s", key[0], exc)
             return _UNAVAILABLE.state
-        return f"not trading ({status.decode()})" if status else NONE
+        return f"not trading ({text(status)})" if status else NONE
 
     @admin.display(description="state")
     def state(self, obj: SymbolStream) -> str:
@@ -265,6 +265,7 @@ def _key(obj: SymbolStream) -> tuple[str, str] | None:
 
 def _status(obj: SymbolStream) -> StreamStatus | None:
     """The row's live status, read once per row (several columns show it)."""
+    # Kept on the row object itself, which declares no such attribute (hence the ignores).
     if not hasattr(obj, "_live_status"):
         obj._live_status = _read(obj)  # type: ignore[attr-defined]
     return obj._live_status  # type: ignore[attr-defined, no-any-return]
@@ -288,7 +289,7 @@ def _field(obj: SymbolStream, name: str, fmt: str = "{}") -> str:
     return NONE if value is None or value == "" else fmt.format(value)
 
 
-class _ReadOnly(admin.ModelAdmin):  # type: ignore[type-arg]
+class _ReadOnly(admin.ModelAdmin):  # type: ignore[type-arg]  # generic only in the stubs
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 

@@ -21,13 +21,14 @@ from typing import Any
 import orjson
 import redis
 from asgiref.sync import async_to_sync
+from redis.typing import EncodableT
 
 from streams.binance.errors import ParseError, RestError
 from streams.binance.protocol import normalize_symbol
 from streams.binance.rest import BinanceRest
 from workers.budget import shared_rest
 from workers.keys import PREFIX
-from workers.redis import sync_redis
+from workers.redis import sync_redis, text
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,8 @@ def note_not_trading(stopped: Mapping[str, str], checked: Collection[str],
     with client.pipeline(transaction=True) as pipe:
         pipe.delete(NOT_TRADING)
         if stopped:
-            pipe.hset(NOT_TRADING, mapping=dict(stopped))
+            fields: dict[EncodableT, EncodableT] = {symbol: status for symbol, status in stopped.items()}
+            pipe.hset(NOT_TRADING, mapping=fields)
         pipe.set(CHECKED_AT, f"{time.time():.3f}")
         pipe.execute()
 
@@ -170,4 +172,4 @@ def note_not_trading(stopped: Mapping[str, str], checked: Collection[str],
 def not_trading(client: redis.Redis | None = None) -> dict[str, str]:
     """Enabled symbols that were not trading at the last check: symbol -> status."""
     raw = (client or sync_redis()).hgetall(NOT_TRADING)
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    return {text(k): text(v) for k, v in raw.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from django.db import models
 from django_celery_beat.models import PeriodicTask
@@ -20,7 +21,8 @@ class SymbolStreamManager(models.Manager["SymbolStream"]):
 class SymbolStream(PeriodicTask):
     """A PeriodicTask running workers.tasks.ensure_stream; workers.registry creates and changes them."""
 
-    objects = SymbolStreamManager()
+    # The stream tasks only: a manager of another type than PeriodicTask's, hence the ignore.
+    objects: ClassVar[SymbolStreamManager] = SymbolStreamManager()  # type: ignore[assignment]
 
     class Meta:
         proxy = True

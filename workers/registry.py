@@ -130,7 +130,8 @@ def enable_streams(keys: Iterable[tuple[str, str]]) -> Changes:
     with transaction.atomic():
         schedule = ensure_schedule()
         existing = {t.name: t for t in PeriodicTask.objects.select_for_update().filter(name__in=list(wanted))}
-        created, updated = [], []
+        created: list[PeriodicTask] = []
+        updated: list[PeriodicTask] = []
         for name, (symbol, channel) in sorted(wanted.items()):
             fields = _task_fields(symbol, channel, schedule)
             task = existing.get(name)

@@ -13,6 +13,8 @@ Acks, pools and limits (docs/design.md, "How a stream runs, and why it is set up
 - Retries: the periodic tasks (flush, supervise, audit) are retried by their schedule, not by Celery: a
   Celery retry would only pile up behind the next tick. A transient error (streams.failures) is logged
   once per outage and counted; anything else fails the task loudly (Celery logs it with the traceback).
+- Logs: the periodic tasks are ticks (project.celery.Tick): Celery's lines for each run are DEBUG, and what
+  they did goes into the process's summary line (workers.summary), as do the streams a worker hosts.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from celery import Task, shared_task
 from celery.signals import worker_shutting_down
 from django.db import close_old_connections
 
-from project.celery import app
+from project.celery import Tick, app
 from streams.binance.logcontext import stream_context
 from streams.failures import describe, is_transient
 from workers import supervisor
 from workers.keys import BEAT_SEEN, PERIODIC_ERRORS, parse_stream_id, stream_id
 from workers.redis import sync_redis
 from workers.runtime import ShutdownSignal
+from workers.summary import TALLY
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +54,10 @@ def _on_worker_shutdown(**_: Any) -> None:
     SHUTDOWN.set()
 
 
-@shared_task(bind=True, name="workers.tasks.run_stream", acks_late=False, time_limit=None, soft_time_limit=None,
+# No time limit: Celery's default (time_limit and soft_time_limit None).
+@shared_task(bind=True, name="workers.tasks.run_stream", acks_late=False,
              ignore_result=True)  # routed to the streams queue by CELERY_TASK_ROUTES
-def run_stream(self: Task, symbol: str, channel: str) -> str:
+def run_stream(self: Task[..., str], symbol: str, channel: str) -> str:
     """The long-running task of one symbol stream; returns why it ended."""
     from workers.events import task_events
     from workers.runtime import runtime
@@ -61,16 +65,24 @@ def run_stream(self: Task, symbol: str, channel: str) -> str:
 
     hostname = self.request.hostname or socket.gethostname()
     task_id = self.request.id
+    assert task_id is not None  # a worker gives every task it runs an id
+    tallied = task_id  # this process's summary line counts its streams
     events = task_events()
 
     def publish(status: StreamStatus) -> None:
         # Task events are what Flower shows live; sent from a thread of their own, never from the loop.
         events.offer(task_id, hostname, status.as_dict())
+        TALLY.stream_progress(tallied, status.trades, status.errors)
 
     # The process's runtime hosts the stream (one event loop, shared connections); this thread waits.
-    with stream_context(stream_id(symbol, channel)):
-        outcome = runtime(SHUTDOWN).run_stream(symbol, channel, owner=f"{hostname}:{os.getpid()}:{task_id}",
-                                       publish=publish)
+    TALLY.stream_progress(tallied, 0, 0)
+    try:
+        with stream_context(stream_id(symbol, channel)):
+            outcome = runtime(SHUTDOWN).run_stream(symbol, channel, owner=f"{hostname}:{os.getpid()}:{task_id}",
+                                                   publish=publish)
+        TALLY.stream_progress(tallied, outcome.trades, 0)
+    finally:
+        TALLY.stream_ended(tallied)
     return outcome.reason
 
 
@@ -86,12 +98,15 @@ def _revoke(task_ids: list[str]) -> None:
 def _periodic(name: str, work: Callable[[], T], empty: T) -> T:
     """Run a periodic task's work: a transient failure is logged once per outage (and when it ends),
     counted in Redis, and answered with `empty`; the next tick is the retry."""
+    TALLY.add(f"tick {name}")
     try:
         sync_redis().eval(_MARK_BEAT, 1, BEAT_SEEN)
         result = work()
     except Exception as exc:
         if not is_transient(exc):
+            TALLY.add("failed")
             raise
+        TALLY.add("transient")
         close_old_connections()
         if name not in _OUTAGES:
             logger.warning("%s: %s; retried at the next tick", name, describe(exc))
@@ -107,13 +122,13 @@ def _periodic(name: str, work: Callable[[], T], empty: T) -> T:
     return result
 
 
-@shared_task(name="workers.tasks.ensure_stream", ignore_result=True)
+@shared_task(base=Tick, name="workers.tasks.ensure_stream", ignore_result=True)
 def ensure_stream(symbol: str, channel: str) -> str:
     """The periodic task of one symbol stream (enabled in the admin): start it if nothing runs it."""
     return _periodic("ensure", lambda: supervisor.ensure_running(stream_id(symbol, channel), _dispatch), "")
 
 
-@shared_task(name="workers.tasks.supervise_streams", ignore_result=True)
+@shared_task(base=Tick, name="workers.tasks.supervise_streams", ignore_result=True)
 def supervise_streams() -> dict[str, list[str]]:
     from workers.registry import enabled_streams
 
@@ -127,7 +142,7 @@ def supervise_streams() -> dict[str, list[str]]:
     return _periodic("supervise", work, {})
 
 
-@shared_task(name="workers.tasks.flush_trades", ignore_result=True)
+@shared_task(base=Tick, name="workers.tasks.flush_trades", ignore_result=True)
 def flush_trades() -> int:
     from django.conf import settings
 
@@ -138,12 +153,13 @@ def flush_trades() -> int:
     def work() -> int:
         # A failure leaves the entries unacknowledged: they wait in the buffer for the next flush.
         result = flush_all(sync_redis(), consumer, max_seconds=max(settings.COLLECTOR_FLUSH_INTERVAL * 5, 5.0))
+        TALLY.add("written", result.trades)
         return result.trades
 
     return _periodic("flush", work, 0)
 
 
-@shared_task(name="workers.tasks.check_listing", ignore_result=True)
+@shared_task(base=Tick, name="workers.tasks.check_listing", ignore_result=True)
 def check_listing() -> dict[str, str]:
     """Every 5 minutes (migration 0006): enabled symbols the exchange does not trade now; reported, kept enabled."""
     from workers.listing import check_trading
@@ -151,14 +167,14 @@ def check_listing() -> dict[str, str]:
     return _periodic("listing", check_trading, {})
 
 
-@shared_task(name="workers.tasks.audit_gaps", ignore_result=True)
+@shared_task(base=Tick, name="workers.tasks.audit_gaps", ignore_result=True)
 def audit_gaps() -> dict[str, int]:
     from workers.audit import audit_enabled_streams
 
     return _periodic("audit", audit_enabled_streams, {})
 
 
-@shared_task(name="workers.tasks.maintain_partitions", ignore_result=True)
+@shared_task(base=Tick, name="workers.tasks.maintain_partitions", ignore_result=True)
 def maintain_partitions() -> dict[str, list[str]]:
     """Trades partitions (PostgreSQL): make the coming months' (dropping them is the dataset's, in seal_days)."""
     from streams.partitions import maintain

@@ -10,11 +10,12 @@ import secrets
 import time
 from collections.abc import Mapping
 
-from project.launcher.envfiles import envfile_add
+from project.envfiles import envfile_add
 from project.launcher.profiles import Profile, profile_env
 
 _TRUE = {"1", "true", "yes", "on"}  # as project.env.env_bool reads DEBUG
-HEADER = "# Settings of this checkout (.env.example lists every one); the environment wins over this file.\n"
+HEADER = ("# Settings of this checkout (.env.example lists every one), for make run and for manage.py and celery\n"
+          "# started by hand; the environment wins over this file. Without a DEBUG line, DEBUG is 1 (development).\n")
 
 
 def missing_secrets(profile: Profile, environ: Mapping[str, str]) -> dict[str, str]:

@@ -4,12 +4,16 @@ Flower takes `--basic-auth=` (empty) and then lets `Authorization: Basic !` in (
 listens on every interface by default. Flower reads the login from FLOWER_BASIC_AUTH itself, so it is
 checked here and never put on the command line, where `ps` would show it to every user of the machine.
 Usage (the Procfiles): `python -m project.launcher.flower [flower options]`; it then runs `celery -A project flower`.
+Started by hand, it reads .env first as the project's settings do (project/envfiles.py): Flower takes its
+login from the environment before any setting is read.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from project.envfiles import EnvFileError, env_file_load
 
 KNOWN_DEFAULT = "admin:change-me"  # what `make run` shipped before it generated a login
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -59,6 +63,11 @@ def _option(argv: list[str], name: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    try:
+        env_file_load()  # into os.environ: Flower, which this process becomes, reads it from there
+    except EnvFileError as exc:
+        print(f"flower: {exc}", file=sys.stderr)
+        return 1
     environ = dict(os.environ)
     problem = flower_problem(args, environ)
     if problem:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import shutil
 import socket
 import sys
@@ -17,15 +18,17 @@ import sysconfig
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
+from project.envfiles import EnvFileError
 from project.launcher import ROOT
-from project.launcher.envfiles import EnvFileError
 from project.launcher.flower import basic_auth_problem
-from project.launcher.profiles import Profile, profile_arguments, profile_env, profile_from_args
+from project.launcher.profiles import RUN, Profile, profile_arguments, profile_env, profile_from_args
 
 Which = Callable[[str], "str | None"]
 TIMEOUT = 2.0  # s, for each service to answer
+DEFAULT_DATABASE_URL = f"sqlite:///{ROOT / 'db.sqlite3'}"  # project/settings.py's
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_INSTALL = "sudo apt-get install redis-server"
 
 
@@ -221,14 +224,55 @@ def flower_login_problem(profile: Profile, env: Mapping[str, str], environ: Mapp
     return f"Flower: {problem}" if problem else None
 
 
+def shared_with_run(profile: Profile, env: Mapping[str, str], environ: Mapping[str, str]) -> list[str]:
+    """The profile's own database or Redis database when it is make run's too (whose trades and streams
+    are real): one line each, naming the variable that chooses another."""
+    if not profile.own:
+        return []
+    real = profile_env(RUN, environ)
+    found = []
+    if _database_place(env.get("DATABASE_URL", DEFAULT_DATABASE_URL)) == _database_place(
+            real.get("DATABASE_URL", DEFAULT_DATABASE_URL)):
+        found.append(f"make {profile.name}: its database {env.get('DATABASE_URL')} is make run's: set "
+                     f"{profile.prefix}DATABASE_URL to another one")
+    if _redis_place(env.get("REDIS_URL", DEFAULT_REDIS_URL)) == _redis_place(real.get("REDIS_URL", DEFAULT_REDIS_URL)):
+        found.append(f"make {profile.name}: its Redis database {redis_target(env.get('REDIS_URL', '')).url} is "
+                     f"make run's: set {profile.prefix}REDIS_URL to another database (redis://host:port/N)")
+    return found
+
+
+def _database_place(url: str) -> tuple[str, ...]:
+    """Where a DATABASE_URL's data lives: the SQLite file, or the PostgreSQL server and database."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return ("sqlite", str((ROOT / parts.path.removeprefix("/")).resolve()))
+    host = "localhost" if not parts.hostname or _is_local(parts.hostname) else parts.hostname
+    return ("server", host, str(parts.port or 5432), parts.path.lstrip("/"))
+
+
+def _redis_place(url: str) -> tuple[str, ...]:
+    """The Redis server and database number of a REDIS_URL."""
+    target, parts = redis_target(url), urlsplit(url)
+    database = parse_qs(parts.query).get("db", [parts.path.lstrip("/") if target.unix_path is None else ""])[0]
+    host = "localhost" if target.local else target.host
+    return (target.unix_path or host, str(target.port), database or "0")
+
+
 def machine_problems(profile: Profile, env: Mapping[str, str], environ: Mapping[str, str],
                      which: Which = shutil.which) -> list[str]:
     """Every missing part, one line each, in the order a new user would install them."""
-    redis = redis_state(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"), profile.private_redis, which)
-    database = database_problem(env.get("DATABASE_URL", f"sqlite:///{ROOT / 'db.sqlite3'}"),
+    redis = redis_state(env.get("REDIS_URL", DEFAULT_REDIS_URL), profile.private_redis, which)
+    database = database_problem(env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
                                 must_exist=profile.procfile is not None, which=which)
     found = [venv_problem(), redis.problem, database, flower_login_problem(profile, env, environ)]
-    return [line for line in found if line]
+    return [_named_for(profile, line) for line in found if line] + shared_with_run(profile, env, environ)
+
+
+def _named_for(profile: Profile, line: str) -> str:
+    """The line with the variables the user sets for this profile: DEMO_REDIS_URL for the demo's REDIS_URL."""
+    for name in profile.own:
+        line = re.sub(rf"\b{name}\b", profile.prefix + name, line)
+    return line
 
 
 def _resp(*args: str) -> bytes:

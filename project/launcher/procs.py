@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from project.launcher.envfiles import EnvFileError
+from project.envfiles import EnvFileError
 from project.launcher.profiles import Profile, profile_env
 from streams.binance.backoff import Backoff
 

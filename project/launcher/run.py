@@ -17,15 +17,14 @@ import sys
 import time
 from collections.abc import Mapping
 
+from project.envfiles import EnvFileError
 from project.launcher import ROOT
 from project.launcher.credentials import secrets_ensure
-from project.launcher.envfiles import EnvFileError
-from project.launcher.preflight import machine_problems, redis_state, redis_target
+from project.launcher.preflight import DEFAULT_REDIS_URL, machine_problems, redis_state, redis_target
 from project.launcher.private_redis import PrivateRedisError, private_redis
 from project.launcher.procs import Output, ProcfileError, Runner, exit_description, procfile_read
 from project.launcher.profiles import Profile, profile_arguments, profile_env, profile_from_args, value_source
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # project/settings.py's
 READY_TIMEOUT = 120.0  # s before saying that web or Flower has still not answered
 GENERATED = {"FLOWER_BASIC_AUTH": "Flower's login, user admin", "SECRET_KEY": "Django's secret key, as DEBUG is off"}
 

@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 
 import django.db.models.deletion
 from django.db import migrations, models
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.operations.base import Operation
+from django.db.migrations.state import ProjectState
 
 from streams import partitions
 
@@ -103,7 +105,7 @@ FROM {SEED} ORDER BY trade_time, instrument_id, trade_id
 """
 
 
-def postgresql_forwards(schema_editor):
+def postgresql_forwards(schema_editor: BaseDatabaseSchemaEditor) -> None:
     with schema_editor.connection.cursor() as cursor:
         cursor.execute(f"ALTER TABLE streams_priceupdate RENAME TO {SEED}")
         cursor.execute(TRADE_TABLE)
@@ -125,7 +127,7 @@ def postgresql_forwards(schema_editor):
         cursor.execute("ANALYZE streams_trade")
 
 
-def postgresql_backwards(schema_editor, seed_model):
+def postgresql_backwards(schema_editor: BaseDatabaseSchemaEditor, seed_model: type[models.Model]) -> None:
     with schema_editor.connection.cursor() as cursor:
         cursor.execute("ALTER VIEW streams_priceupdate RENAME TO streams_priceupdate_lean")
         schema_editor.create_model(seed_model)  # its unique constraint and index come at the end (deferred)
@@ -134,7 +136,8 @@ def postgresql_backwards(schema_editor, seed_model):
         cursor.execute("DROP TABLE streams_trade")  # and its partitions
 
 
-def plain_forwards(schema_editor, seed_model, new_model):
+def plain_forwards(schema_editor: BaseDatabaseSchemaEditor, seed_model: type[models.Model],
+                   new_model: type[models.Model]) -> None:
     with schema_editor.connection.cursor() as cursor:
         cursor.execute("DROP INDEX IF EXISTS latest_trades")  # the new table's index has the same name
         schema_editor.alter_db_table(seed_model, "streams_priceupdate", SEED)
@@ -144,7 +147,8 @@ def plain_forwards(schema_editor, seed_model, new_model):
         cursor.execute(f"DROP TABLE {SEED}")
 
 
-def plain_backwards(schema_editor, seed_model, new_model):
+def plain_backwards(schema_editor: BaseDatabaseSchemaEditor, seed_model: type[models.Model],
+                    new_model: type[models.Model]) -> None:
     with schema_editor.connection.cursor() as cursor:
         cursor.execute("DROP INDEX IF EXISTS latest_trades")
         schema_editor.alter_db_table(new_model, "streams_priceupdate", SEED)
@@ -159,14 +163,15 @@ class RelayoutTrades(Operation):
 
     reversible = True
 
-    def __init__(self, state_operations):
+    def __init__(self, state_operations: list[Operation]) -> None:
         self.state_operations = state_operations
 
-    def state_forwards(self, app_label, state):
+    def state_forwards(self, app_label: str, state: ProjectState) -> None:
         for operation in self.state_operations:
             operation.state_forwards(app_label, state)
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+    def database_forwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState,
+                          to_state: ProjectState) -> None:
         seed = from_state.apps.get_model(app_label, "PriceUpdate")
         new = to_state.apps.get_model(app_label, "PriceUpdate")
         if schema_editor.connection.vendor == "postgresql":
@@ -174,7 +179,8 @@ class RelayoutTrades(Operation):
         else:
             plain_forwards(schema_editor, seed, new)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+    def database_backwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState,
+                           to_state: ProjectState) -> None:
         new = from_state.apps.get_model(app_label, "PriceUpdate")
         seed = to_state.apps.get_model(app_label, "PriceUpdate")
         if schema_editor.connection.vendor == "postgresql":
@@ -182,7 +188,7 @@ class RelayoutTrades(Operation):
         else:
             plain_backwards(schema_editor, seed, new)
 
-    def describe(self):
+    def describe(self) -> str:
         return "Move the trades to the lean layout (PostgreSQL: partitioned streams_trade and a view)"
 
 

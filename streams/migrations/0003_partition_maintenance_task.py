@@ -2,14 +2,18 @@
 every hour it makes the coming months' partitions and drops those past COLLECTOR_RETENTION_DAYS. The
 interval is fixed (no setting is read here): partitions are made months ahead, so an hour is plenty."""
 
+from datetime import datetime
+
+from django.apps.registry import Apps
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 NAME = "maintain partitions"
 TASK = "workers.tasks.maintain_partitions"
 EVERY = 3600  # seconds
 
 
-def create_task(apps, schema_editor):
+def create_task(apps: Apps, schema_editor: BaseDatabaseSchemaEditor | None) -> None:
     db = schema_editor.connection.alias if schema_editor else "default"
     IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
@@ -24,7 +28,7 @@ def create_task(apps, schema_editor):
     PeriodicTasks.objects.using(db).update_or_create(ident=1, defaults={"last_update": _now()})
 
 
-def delete_task(apps, schema_editor):
+def delete_task(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     db = schema_editor.connection.alias
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
     PeriodicTasks = apps.get_model("django_celery_beat", "PeriodicTasks")
@@ -32,7 +36,7 @@ def delete_task(apps, schema_editor):
     PeriodicTasks.objects.using(db).update_or_create(ident=1, defaults={"last_update": _now()})
 
 
-def _now():
+def _now() -> datetime:
     from django.utils import timezone
 
     return timezone.now()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from project.launcher.envfiles import envfile_read
+from project.envfiles import envfile_read
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- settings-table:"

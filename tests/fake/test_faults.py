@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
 from streams.binance.errors import ParseError
-from streams.binance.protocol import Trade, parse_frame
+from streams.binance.protocol import Reply, ServerShutdown, Trade, parse_frame
 from streams.fake.exchange import FakeExchange
 from streams.fake.faults import (
     GARBAGE_VARIANTS,
@@ -83,7 +83,8 @@ async def test_garbage_never_consumes_a_trade_id() -> None:
         for variant in MALFORMED_VARIANTS:
             ex.inject("garbage", symbol="BTCUSDT", variant=variant)
         after = ex.make_trades("BTCUSDT", 1)
-        trades, errors = [], []
+        trades: list[Trade | Reply | ServerShutdown] = []
+        errors: list[ParseError] = []
         async with asyncio.timeout(2):
             while len(trades) < 2:
                 try:
@@ -278,7 +279,7 @@ def test_bad_fault_parameters_are_named() -> None:
     with pytest.raises(ValueError, match="fault rate replay"):
         FaultRates(replay=-1)
     with pytest.raises(ValueError, match="fault rate rest_garbage"):
-        FaultRates(rest_garbage="often")  # type: ignore[arg-type]
+        FaultRates(rest_garbage="often")  # type: ignore[arg-type]  # the wrong type on purpose
     with pytest.raises(ValueError, match="count 0 must be"):
         ex.inject("replay", symbol="BTCUSDT", count=0)
     with pytest.raises(ValueError, match="count '3' must be"):

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from streams.binance.protocol import AGG_TRADE, TRADE
+from streams.binance.protocol import AGG_TRADE, TRADE, Trade
 from streams.fake.exchange import FakeExchange
 from streams.fake.market import Market
 
@@ -21,7 +21,7 @@ def test_two_exchanges_with_the_same_seed_make_the_same_trades() -> None:
     a = one.make_trades("BTCUSDT", 30) + one.make_trades("BTCUSDT", 70)
     b = two.make_trades("BTCUSDT", 100)
 
-    def key(t):
+    def key(t: Trade) -> tuple[int, str, str, bool]:
         return (t.trade_id, t.price_text, t.quantity_text, t.is_buyer_maker)
 
     assert [key(t) for t in a] == [key(t) for t in b]
@@ -53,9 +53,10 @@ def test_aggregates_cover_every_trade_once_with_the_summed_quantity() -> None:
     assert aggs[0].first_trade_id == trades[0].trade_id and aggs[-1].last_trade_id == trades[-1].trade_id
     assert len(aggs) < len(trades)  # some taker orders filled more than once at one price
     for previous, agg in itertools.pairwise(aggs):
-        assert agg.first_trade_id == previous.last_trade_id + 1
+        assert previous.last_trade_id is not None and agg.first_trade_id == previous.last_trade_id + 1
     for agg in aggs:
         assert agg.channel == AGG_TRADE
+        assert agg.first_trade_id is not None and agg.last_trade_id is not None
         members = [by_id[i] for i in range(agg.first_trade_id, agg.last_trade_id + 1)]
         assert {(m.price_text, m.trade_ts, m.is_buyer_maker) for m in members} == {
             (agg.price_text, agg.trade_ts, agg.is_buyer_maker)

@@ -73,7 +73,7 @@ async def test_agg_trades_by_from_id_and_by_time_equal_the_agg_record() -> None:
     ],
 )
 async def test_bad_parameters_get_the_real_error_codes(
-    path: str, params: dict, status: int, code: int
+    path: str, params: dict[str, str], status: int, code: int
 ) -> None:
     async with FakeExchange({"BTCUSDT": 0}) as ex, httpx.AsyncClient(base_url=ex.rest_url) as http:
         response = await http.get(path, params=params)

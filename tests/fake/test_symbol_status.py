@@ -37,7 +37,7 @@ async def test_exchange_info_shows_each_status_and_filters_on_it() -> None:
     ({"symbolStatus": "TRADING", "symbol": "BTCUSDT"}, -1128),
     ({"symbolStatus": "TRADING", "symbols": '["BTCUSDT"]'}, -1128),
 ])
-async def test_bad_symbol_status_filters_get_the_real_error_codes(params: dict, code: int) -> None:
+async def test_bad_symbol_status_filters_get_the_real_error_codes(params: dict[str, str], code: int) -> None:
     async with FakeExchange({"BTCUSDT": 0}) as ex, httpx.AsyncClient(base_url=ex.rest_url) as http:
         response = await http.get("/api/v3/exchangeInfo", params=params)
         assert response.status_code == 400 and response.json()["code"] == code

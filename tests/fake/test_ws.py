@@ -9,6 +9,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
+from websockets.protocol import Event
 
 from streams.binance.protocol import Trade, parse_frame
 from streams.fake.exchange import FakeExchange
@@ -41,8 +42,8 @@ async def test_raw_and_combined_payloads_match_the_record() -> None:
             got = [await recv_json(combined) for _ in range(len(made) + len(aggs))]
             assert {m["stream"] for m in got} == {"btcusdt@trade", "btcusdt@aggTrade"}
             events = [parse_frame(orjson.dumps(m).decode()) for m in got]
-            assert [e for e in events if e.channel == "trade"] == made
-            assert [e for e in events if e.channel == "aggTrade"] == aggs
+            assert [e for e in events if isinstance(e, Trade) and e.channel == "trade"] == made
+            assert [e for e in events if isinstance(e, Trade) and e.channel == "aggTrade"] == aggs
             assert set(aggs[0]._asdict()) >= {"first_trade_id", "last_trade_id"}
             assert "a" in got[-1]["data"] and "f" in got[-1]["data"] and "l" in got[-1]["data"]
 
@@ -237,10 +238,10 @@ class PingCountingConnection(ClientConnection):
 
     pings = 0
 
-    def process_event(self, event: object) -> None:
+    def process_event(self, event: Event) -> None:
         if isinstance(event, Frame) and event.opcode is Opcode.PING:
             self.pings += 1
-        super().process_event(event)  # type: ignore[arg-type]
+        super().process_event(event)
 
 
 async def test_server_pings_and_drops_a_client_that_does_not_pong() -> None:

@@ -21,7 +21,7 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.test import Client, override_settings
 
 from project.env import env_header, env_origins, env_url, secret_problem
-from project.launcher.envfiles import envfile_read
+from project.envfiles import envfile_read
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "collector.example.com"
@@ -123,7 +123,7 @@ def production(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
 
 def login(client: Client, *, host: str, origin: str, username: str = "boss", password: str = PASSWORD,
           secure: bool = True) -> Any:
-    proxy = {"HTTP_X_FORWARDED_PROTO": "https"} if secure else {}
+    proxy: dict[str, Any] = {"HTTP_X_FORWARDED_PROTO": "https"} if secure else {}
     page = client.get("/admin/login/", HTTP_HOST=host, **proxy)
     assert page.status_code == 200, page.status_code
     token = client.cookies["csrftoken"].value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -33,7 +34,8 @@ def test_strict_readers_accept_good_values(monkeypatch: pytest.MonkeyPatch) -> N
         (lambda: env_float("X_BAD", 1.0), "fast", "X_BAD='fast' is not a number"),
     ],
 )
-def test_a_bad_value_raises_naming_the_variable(monkeypatch: pytest.MonkeyPatch, reader, value, message) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_value_raises_naming_the_variable(monkeypatch: pytest.MonkeyPatch, reader: Callable[[], object],
+                                                value: str, message: str) -> None:
     monkeypatch.setenv("X_BAD", value)
     with pytest.raises(ImproperlyConfigured, match=message.replace("(", r"\(")):
         reader()

@@ -7,6 +7,7 @@ import json
 import signal
 import sqlite3
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ FAULTY = FaultRates(drop=0.3, stall=0.15, garbage=2.0)
 def stored_ids(symbol: str = "BTCUSDT") -> list[int]:
     return list(PriceUpdate.objects.filter(ticker_symbol=symbol, channel=TRADE)
                 .order_by("trade_id").values_list("trade_id", flat=True))
+
+
+def stored_at_least(count: int) -> bool:
+    return len(stored_ids()) >= count
 
 
 def assert_stored_equals_record(exchange: FakeExchange, symbol: str = "BTCUSDT", at_least: int = 1) -> None:
@@ -127,7 +132,7 @@ def test_batch_mode_rides_out_the_database_shutting_its_sessions_down(exchange: 
     process = start_manage("binance_websocket_client", "--limit", "900", "--batch-size", "25", env=env)
     try:
         for seen in (100, 300, 500):
-            wait_for(lambda seen=seen: len(stored_ids()) >= seen)  # type: ignore[misc]
+            wait_for(partial(stored_at_least, seen))
             wait_for(terminate_other_sessions)  # at least one session of the command was cut
         out, err = process.communicate(timeout=120)
     finally:

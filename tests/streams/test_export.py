@@ -65,7 +65,8 @@ def test_the_parquet_files_read_back_with_pyarrow_equal_the_record(settings: Any
         {"id": t.trade_id, "price": Decimal(t.price_text), "qty": Decimal(t.quantity_text),
          "quoteQty": Decimal(quote_quantity(t)), "time": datetime_from_exchange(micros(t.trade_ts)),
          "isBuyerMaker": t.is_buyer_maker, "isBestMatch": True} for t in record]
-    assert pq.read_metadata(tmp_path / f"BTCUSDT-trades-{first}.parquet").metadata[b"symbol"] == b"BTCUSDT"
+    metadata = pq.read_metadata(tmp_path / f"BTCUSDT-trades-{first}.parquet").metadata
+    assert metadata is not None and metadata[b"symbol"] == b"BTCUSDT"
 
 
 def test_the_csv_export_is_the_archives_own_file_for_the_day(settings: Any, tmp_path: Path) -> None:

@@ -103,6 +103,7 @@ def test_the_hourly_task_is_scheduled_and_runs_the_maintenance() -> None:
     # The data migration's function (the test database's own rows are flushed between transactional tests).
     import_module("streams.migrations.0003_partition_maintenance_task").create_task(django_apps, None)
     task = PeriodicTask.objects.get(name="maintain partitions")
+    assert task.interval is not None
     assert (task.task, task.interval.every, task.interval.period, task.enabled) == (
         "workers.tasks.maintain_partitions", 3600, "seconds", True)
     this_month = Month.of(datetime.now(UTC))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import connections
 from psycopg.errors import UniqueViolation
+from pytest_django import DjangoAssertNumQueries
 
 from streams import partitions
 from streams.binance.protocol import AGG_TRADE, TRADE, Trade
@@ -22,23 +24,24 @@ RECEIVED = 1723161255399123
 def make(trade_id: int, *, price: str = "61837.63000000", qty: str = "0.02000000", ts: int = 1723161255342,
          channel: str = TRADE, symbol: str = "BTCUSDT", event: int | None = None,
          received: int | None = None) -> Trade:
-    first_last = (trade_id * 3, trade_id * 3 + 2) if channel == AGG_TRADE else (None, None)
+    first, last = (trade_id * 3, trade_id * 3 + 2) if channel == AGG_TRADE else (None, None)
     return Trade(symbol, channel, trade_id, price, qty, ts, ts + 1 if event is None else event, trade_id % 2 == 0,
-                 *first_last, received)
+                 first, last, received)
 
 
 def stored(using: str = "default") -> list[PriceUpdate]:
     return list(PriceUpdate.objects.using(using).order_by("ticker_symbol", "channel", "trade_id"))
 
 
-def raw(sql: str, *params: object) -> list[tuple[object, ...]]:
+def raw(sql: str, *params: Any) -> list[tuple[Any, ...]]:  # any SQL values
     with connections["default"].cursor() as cursor:
         cursor.execute(sql, params)
         return list(cursor.fetchall()) if cursor.description else []
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_new_batch_is_one_copy_in_one_transaction_on_postgresql(django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_batch_is_one_copy_in_one_transaction_on_postgresql(
+        django_assert_num_queries: DjangoAssertNumQueries) -> None:
     store_trades([make(1), make(2)])  # the first batch of a stream and month also makes its instrument and partition
     # Django's query log shows BEGIN and COMMIT but not the COPY between them (psycopg's copy API).
     with django_assert_num_queries(2):
@@ -50,7 +53,8 @@ def test_a_new_batch_is_one_copy_in_one_transaction_on_postgresql(django_assert_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_with_a_stored_trade_falls_back_to_insert_on_conflict(django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+def test_a_batch_with_a_stored_trade_falls_back_to_insert_on_conflict(
+        django_assert_num_queries: DjangoAssertNumQueries) -> None:
     store_trades([make(i) for i in range(1, 11)])
     # The direct COPY is refused (BEGIN, ROLLBACK); then BEGIN, the staging table (once a session),
     # INSERT ... SELECT ... ON CONFLICT DO NOTHING, COMMIT (the COPYs are not in Django's log).
@@ -106,7 +110,7 @@ def test_postgresql_keeps_every_value_exactly() -> None:
     for row, trade in zip(rows, extremes, strict=True):
         assert row.price == Decimal(trade.price_text) and row.volume == Decimal(trade.quantity_text)
         assert row.trade_time == trade.trade_time and row.event_time == trade.event_time
-        assert row.trade_time.tzinfo is not None and row.trade_time.utcoffset().total_seconds() == 0
+        assert row.trade_time.tzinfo is not None and row.trade_time.utcoffset() == timedelta(0)
         assert row.is_market_maker is trade.is_buyer_maker
         assert row.as_trade() == trade._replace(trade_ts=trade.trade_ts if trade.trade_ts > 10**14 else
                                                 trade.trade_ts * 1000,

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import time_machine
@@ -91,7 +91,7 @@ async def open_page(path: str = "/ws/trades/") -> WebsocketCommunicator:
 
 
 def members() -> set[bytes]:
-    return set(sync_redis().zrange(GROUP_KEY, 0, -1))
+    return set(cast("list[bytes]", sync_redis().zrange(GROUP_KEY, 0, -1)))  # without scores: the members
 
 
 @pytest.fixture(autouse=True)
@@ -250,7 +250,11 @@ async def test_a_slow_page_is_dropped_with_a_reason_and_counted_while_the_others
         assert time.monotonic() < deadline, "the slow page was never dropped"
         await broadcast(trades("BTCUSDT", 1, first=sent + 1))
         sent += 1
-        await until(lambda count=sent: len(got) == count)  # the fast page keeps up, trade by trade
+
+        def caught_up(count: int = sent) -> bool:  # the fast page keeps up, trade by trade
+            return len(got) == count
+
+        await until(caught_up)
     assert closed == [(CLOSE_TOO_SLOW, "too slow: 3 frames behind; reconnect")]
     assert hub.stats.dropped_slow == 1 and hub.stats.pages == 1
     for _ in range(5):
@@ -420,6 +424,7 @@ async def test_batches_that_are_not_trades_are_refused_and_counted(install_hub: 
     page = await open_page()
     await until(lambda: hub.feed == FEED_LIVE)
     layer = get_channel_layer()
+    assert layer is not None
     good = json.dumps([{"ticker_symbol": "BTCUSDT", "channel": "trade", "trade_id": 9, "price": "1.5",
                         "volume": "2", "trade_ts": 1, "event_ts": 2, "is_market_maker": False}])
     bad = json.dumps([{"ticker_symbol": "<script>", "channel": "trade", "trade_id": 1, "price": "1", "volume": "1",

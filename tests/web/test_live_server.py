@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
+from websockets.typing import Origin
 from websockets.uri import parse_uri
 
 from benchmarks.webprocess import free_port, start_web, wait_listening
@@ -31,6 +32,7 @@ from workers.redis import sync_redis
 
 pytestmark = pytest.mark.slow
 GROUP_KEY = f"asgi:group:{ALL_TRADES_GROUP}"
+ORIGIN = Origin("http://127.0.0.1")
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -90,7 +92,7 @@ async def test_frames_over_a_few_kb_are_refused_before_they_are_read(server: Any
     port, process = server
     before = rss_kib(process.pid)
     for _ in range(8):
-        async with connect(ws_url(port), origin="http://127.0.0.1", max_size=None) as ws:  # type: ignore[arg-type]
+        async with connect(ws_url(port), origin=ORIGIN, max_size=None) as ws:
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.send(b"x" * 16 * 1024 * 1024)
                 await ws.recv()
@@ -103,9 +105,9 @@ async def test_frames_over_a_few_kb_are_refused_before_they_are_read(server: Any
 @with_env(LIVE_MAX_CONNECTIONS="3")
 async def test_pages_beyond_the_cap_are_refused_cleanly_with_a_reason(server: Any) -> None:
     port, _ = server
-    pages = [await connect(ws_url(port), origin="http://127.0.0.1") for _ in range(3)]  # type: ignore[arg-type]
+    pages = [await connect(ws_url(port), origin=ORIGIN) for _ in range(3)]
     try:
-        async with connect(ws_url(port), origin="http://127.0.0.1") as extra:  # type: ignore[arg-type]
+        async with connect(ws_url(port), origin=ORIGIN) as extra:
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
                     await extra.recv()
@@ -121,7 +123,7 @@ class RawPage:
     """A page on a plain socket that reads only when told to: a browser tab that stopped reading."""
 
     def __init__(self, port: int) -> None:
-        self.protocol = ClientProtocol(parse_uri(ws_url(port)), origin="http://127.0.0.1",  # type: ignore[arg-type]
+        self.protocol = ClientProtocol(parse_uri(ws_url(port)), origin=ORIGIN,
                                        max_size=None)  # the frames that piled up are large
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server fills it fast
@@ -160,7 +162,7 @@ async def test_a_page_that_stops_reading_is_dropped_with_a_reason_while_another_
     slow = RawPage(port)
     received = 0
     sent = 0
-    async with connect(ws_url(port, "/ws/trades/btcusdt/"), origin="http://127.0.0.1",  # type: ignore[arg-type]
+    async with connect(ws_url(port, "/ws/trades/btcusdt/"), origin=ORIGIN,
                        max_size=None) as fast:
 
         async def read_fast() -> None:
@@ -195,8 +197,8 @@ async def test_a_page_that_stops_reading_is_dropped_with_a_reason_while_another_
 async def test_fifty_pages_and_abrupt_ends_leave_one_member_and_a_stop_leaves_none(server: Any) -> None:
     # Before: one group member per page, and a page whose disconnect did not run stayed one for 24 h.
     port, process = server
-    pages = [await connect(ws_url(port, "/ws/trades/btcusdt/" if i % 2 else "/ws/trades/"),  # type: ignore[arg-type]
-                           origin="http://127.0.0.1") for i in range(50)]
+    pages = [await connect(ws_url(port, "/ws/trades/btcusdt/" if i % 2 else "/ws/trades/"),
+                           origin=ORIGIN) for i in range(50)]
     wait_for(lambda: stats().get("pages") == 50, timeout=10)
     assert sync_redis().zcard(GROUP_KEY) == 1  # the process, whatever its pages
     for i, page in enumerate(pages):

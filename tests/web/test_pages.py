@@ -34,8 +34,9 @@ def test_the_live_page_opens_with_each_enabled_symbols_latest_trades(settings: A
     response = Client().get("/")
     assert response.status_code == 200
     html = response.content.decode()
-    config = json.loads(re.search(r'<script id="live-config" type="application/json">(.*?)</script>',
-                                  html, re.S).group(1))
+    found = re.search(r'<script id="live-config" type="application/json">(.*?)</script>', html, re.S)
+    assert found is not None
+    config = json.loads(found.group(1))
     initial = config["initial"]
     assert config["channels"] == {"BTCUSDT": "trade", "ETHUSDT": "trade"}
     assert config["day_open"] == {"BTCUSDT": None, "ETHUSDT": None}  # nothing stored today
@@ -59,7 +60,7 @@ def test_the_live_page_says_how_to_enable_a_stream_when_none_is(clean_redis: Non
 def test_the_pages_static_files_are_served_by_the_app_itself() -> None:
     response = Client().get("/static/web/live.js")
     assert response.status_code == 200
-    assert b"new WebSocket" in b"".join(response.streaming_content)
+    assert b"new WebSocket" in response.getvalue()
 
 
 def test_a_stored_row_turns_back_into_the_same_trade() -> None:
@@ -78,3 +79,30 @@ def test_the_status_page_lists_the_streams_and_their_state(clean_redis: None) ->
     client.force_login(User.objects.create_user("ops", is_staff=True))
     html = client.get("/status/").content.decode()
     assert "btcusdt@trade" in html and "connected" in html and "w1" in html
+
+
+def test_the_live_page_links_to_the_status_page_for_those_who_may_see_it(settings: Any) -> None:
+    settings.STATUS_PUBLIC = False
+    assert 'href="/status/"' not in Client().get("/").content.decode(), "anonymous: it would only ask for a login"
+    staff = Client()
+    staff.force_login(User.objects.create_user("ops", is_staff=True))
+    assert 'href="/status/"' in staff.get("/").content.decode()
+    settings.STATUS_PUBLIC = True
+    assert 'href="/status/"' in Client().get("/").content.decode()
+
+
+def test_the_status_page_says_what_each_counter_means_and_leads_back(clean_redis: None) -> None:
+    enable_stream("BTCUSDT", TRADE)
+    sync_redis().hset(status_key("btcusdt@trade"), mapping={
+        "state": "connected", "worker": "streams@host:42:8d9f1c2e-77aa-4b1e-9c55-0123456789ab",
+        "updated_at": str(time.time()), "ids_back": "135", "last_error": "REST: 429"})
+    client = Client()
+    client.force_login(User.objects.create_user("ops", is_staff=True))
+    html = client.get("/status/").content.decode()
+    assert '<a href="/">← live page</a>' in html
+    headings = re.findall(r'<th scope="col" class="\w+"><abbr title="([^"]+)">([^<]+)</abbr></th>', html)
+    assert len(headings) == 15 and all(len(meaning) > 15 for meaning, _ in headings)
+    legend = html[html.index('id="legend"'):]
+    assert all(f"<dt>{heading}</dt>" in legend for _, heading in headings) and "<dt>last error</dt>" in legend
+    assert '<td class="number">135</td>' in html and '<td class="name" title="streams@host:42:' in html
+    assert "last error</abbr>: REST: 429" in html

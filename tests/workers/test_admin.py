@@ -9,6 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTasks
+from pytest_django import DjangoAssertNumQueries, Settings
 
 from streams.fake.exchange import FakeExchange, running_exchange
 from workers import listing, registry
@@ -26,7 +27,7 @@ QUIET = "ZQADMUSDT"  # a symbol no other test reports a status for (Redis is sha
 
 
 @pytest.fixture(autouse=True)
-def exchange_settings(settings, exchange: FakeExchange) -> FakeExchange:
+def exchange_settings(settings: Settings, exchange: FakeExchange) -> FakeExchange:
     settings.BINANCE_REST_URL = exchange.rest_url
     return exchange
 
@@ -106,7 +107,7 @@ def test_the_add_page_names_a_malformed_symbol(admin_client_: Client) -> None:
     assert not registry.stream_tasks().exists()
 
 
-def test_the_add_page_says_when_the_exchange_cannot_be_reached(admin_client_: Client, settings) -> None:
+def test_the_add_page_says_when_the_exchange_cannot_be_reached(admin_client_: Client, settings: Settings) -> None:
     settings.BINANCE_REST_URL = "http://127.0.0.1:9"
     response = admin_client_.post(reverse(ADD), {"symbol": "BTCUSDT", "channel": "trade"})
     assert "Could not check BTCUSDT with the exchange" in response.content.decode()
@@ -136,8 +137,8 @@ def test_a_stream_page_opens_read_only(admin_client_: Client) -> None:
 ENABLE_TRADING = "admin:workers_enable_trading"
 
 
-def test_the_actions_change_every_selected_stream_in_one_transaction(admin_client_: Client,
-                                                                     django_assert_max_num_queries) -> None:  # type: ignore[no-untyped-def]
+def test_the_actions_change_every_selected_stream_in_one_transaction(
+        admin_client_: Client, django_assert_max_num_queries: DjangoAssertNumQueries) -> None:
     registry.enable_streams([(f"B{i:03d}USDT", "trade") for i in range(300)])
     pks = list(SymbolStream.objects.values_list("pk", flat=True))
     before = PeriodicTasks.last_change()
@@ -152,7 +153,7 @@ def test_the_actions_change_every_selected_stream_in_one_transaction(admin_clien
 
 
 @pytest.fixture
-def market(settings, clean_redis: None) -> Iterator[FakeExchange]:
+def market(settings: Settings, clean_redis: None) -> Iterator[FakeExchange]:
     symbols = [*(f"A{i:03d}USDT" for i in range(12)), "C000BTC", "C001BTC"]
     with running_exchange(symbols=dict.fromkeys(symbols, 0.0), seed=5) as ex:
         ex.set_status("A000USDT", "BREAK")
@@ -172,7 +173,8 @@ def test_every_trading_symbol_of_a_quote_is_enabled_from_the_list_page(admin_cli
     assert len(enabled) == 11 and {c for _, c in enabled} == {"aggTrade"} and ("A000USDT", "aggTrade") not in enabled
 
 
-def test_the_enable_trading_page_says_what_went_wrong(admin_client_: Client, market: FakeExchange, settings) -> None:
+def test_the_enable_trading_page_says_what_went_wrong(admin_client_: Client, market: FakeExchange,
+                                                      settings: Settings) -> None:
     page = admin_client_.post(reverse(ENABLE_TRADING), {"quote": "XYZ", "channel": "trade"}).content.decode()
     assert "The exchange lists no symbol quoted in XYZ." in page
     settings.BINANCE_REST_URL = "http://127.0.0.1:9"

@@ -40,12 +40,12 @@ def test_a_minute_of_chaos_leaves_the_database_equal_to_the_record(fast_settings
             enable_stream(symbol, TRADE)
         with Beat():
             # Rotation before the 15 s lifetime on one worker; drops, stalls, garbage, shutdown notices throughout.
-            with celery_worker(ex, "first", log=tmp_path / "first.log", **SHARED_AND_ROTATING) as first:
+            with celery_worker(ex, "first", log=tmp_path / "first.log", env=SHARED_AND_ROTATING) as first:
                 wait_for(lambda: all(len(stored_ids(s)) >= 50 for s in SYMBOLS), timeout=60)
                 clock.wait(seconds / 2)
                 first.send_signal(signal.SIGTERM)  # the worker restart
                 first.wait(timeout=30)
-            with celery_worker(ex, "second", log=tmp_path / "second.log", **SHARED_AND_ROTATING):
+            with celery_worker(ex, "second", log=tmp_path / "second.log", env=SHARED_AND_ROTATING):
                 clock.wait(seconds / 2)
                 for symbol in SYMBOLS:
                     disable_stream(symbol, TRADE)

@@ -146,8 +146,8 @@ def test_a_pass_over_many_streams_takes_a_few_round_trips_and_decides_each_one(
     with client.pipeline(transaction=False) as pipe:
         for i, sid in enumerate(sids[:300]):  # 300 running; every 10th of them stale
             pipe.set(lease_key(sid), f"w:1:task-{i}")
-            stale = {"last_frame_age": 30.0} if i % 10 == 0 else {}
-            queue_status(pipe, sid, StreamStatus(**{"state": "connected", "last_frame_age": 0.0, **stale}), ttl=60)
+            age = 30.0 if i % 10 == 0 else 0.0
+            queue_status(pipe, sid, StreamStatus(state="connected", last_frame_age=age), ttl=60)
         for sid in sids[300:350]:  # 50 disabled before (a stop flag for anyone), enabled again, not running
             pipe.set(stop_key(sid), "*")
         pipe.set(lease_key("gone@trade"), "w:1:task-gone")  # running, not enabled

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from pytest_django import Settings
 
 from streams.binance.errors import ExchangeUnavailable
 from streams.fake.exchange import FakeExchange, running_exchange
@@ -16,7 +17,7 @@ SYMBOLS = [f"L{i:03d}USDT" for i in range(120)]
 
 
 @pytest.fixture
-def market(settings, clean_redis: None) -> Iterator[FakeExchange]:
+def market(settings: Settings, clean_redis: None) -> Iterator[FakeExchange]:
     with running_exchange(symbols=dict.fromkeys(SYMBOLS, 0.0), seed=3) as ex:
         settings.BINANCE_REST_URL = ex.rest_url
         yield ex
@@ -69,7 +70,7 @@ def test_a_disabled_symbol_is_no_longer_reported(market: FakeExchange, caplog: p
     assert "trading again" not in caplog.text
 
 
-def test_the_check_keeps_the_marks_when_the_exchange_cannot_answer(market: FakeExchange, settings) -> None:
+def test_the_check_keeps_the_marks_when_the_exchange_cannot_answer(market: FakeExchange, settings: Settings) -> None:
     registry.enable_streams([("L001USDT", "trade")])
     market.set_status("L001USDT", "BREAK")
     listing.check_trading()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -142,7 +142,7 @@ class RoundTrips:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        original = redis.connection.AbstractConnection.send_packed_command
+        original: Callable[..., None] = redis.connection.AbstractConnection.send_packed_command
 
         def counted(connection: Any, command: Any, check_health: bool = True) -> None:
             self.count += 1

@@ -30,7 +30,7 @@ from workers.audit import audit_counts, check_regressions, fill_holes
 from workers.buffer import flush_all
 from workers.deadletters import BAD_FRAME, recent_dead_letters
 from workers.keys import FAILURES, counters_key, last_failure_key, lease_key, stream_id
-from workers.redis import sync_redis
+from workers.redis import sync_redis, text
 from workers.registry import enable_stream
 from workers.status import read_status
 
@@ -41,7 +41,7 @@ SID = stream_id("BTCUSDT", TRADE)
 
 def owner(sid: str = SID) -> str:
     value = sync_redis().get(lease_key(sid))
-    return value.decode() if value else ""
+    return text(value) if value else ""
 
 
 def point_at(settings_: Any, ex: FakeExchange) -> None:
@@ -49,7 +49,7 @@ def point_at(settings_: Any, ex: FakeExchange) -> None:
 
 
 @contextmanager
-def watching(check: Callable[[], None], every: float = 0.05) -> Iterator[list[BaseException]]:
+def watching(check: Callable[[], object], every: float = 0.05) -> Iterator[list[BaseException]]:
     """Run `check` on a thread until the block ends; whatever it raises is collected for the test."""
     failures: list[BaseException] = []
     done = threading.Event()
@@ -104,7 +104,7 @@ def test_an_unexpected_error_ends_the_task_loudly_and_the_stream_comes_back_whol
             ex.inject("stall", symbol="BTCUSDT")  # a silent connection, dropped by the client: a gap to backfill
             wait_for(lambda: sync_redis().hget(FAILURES, SID) == b"1", timeout=30)
             assert sync_redis().hget(counters_key(SID), "task_failures") == b"1"
-            assert b"a bug nobody foresaw" in sync_redis().get(last_failure_key(SID))
+            assert "a bug nobody foresaw" in text(sync_redis().get(last_failure_key(SID)) or b"")
             wait_for(lambda: owner() not in ("", first), timeout=30)  # restarted by the supervisor
             made = ex.record("BTCUSDT")[-1].trade_id
             wait_for(lambda: stored_ids("BTCUSDT")[-1] > made + 40, timeout=60)
@@ -338,7 +338,9 @@ def test_a_stopped_stream_never_has_its_resume_point_ahead_of_trades_still_held(
             thread.join(timeout=30)
             assert not thread.is_alive()
             # The task has ended: what it handed on must reach its resume point without a hole.
-            resume = int(sync_redis().get(last_id_key(SID)))
+            handed = sync_redis().get(last_id_key(SID))
+            assert handed is not None
+            resume = int(handed)
             flush_all(sync_redis(), "test")
         finally:
             shutdown.set()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.apps import apps
 from django.db import connection
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
+from pytest_django import DjangoAssertNumQueries, Settings
 
 from streams.binance.errors import ExchangeUnavailable, InvalidStreamName, UnknownSymbol
 from streams.fake.exchange import FakeExchange
@@ -20,9 +21,20 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def exchange_settings(settings, exchange: FakeExchange) -> FakeExchange:
+def exchange_settings(settings: Settings, exchange: FakeExchange) -> FakeExchange:
     settings.BINANCE_REST_URL = exchange.rest_url
     return exchange
+
+
+def schedule_of(task: PeriodicTask) -> tuple[int, str]:
+    """(every, period) of the task's interval schedule."""
+    assert task.interval is not None, task.name
+    return task.interval.every, task.interval.period
+
+
+def seconds_since_tick(task: PeriodicTask, now: datetime) -> float:
+    assert task.last_run_at is not None, task.name
+    return (now - task.last_run_at).total_seconds()
 
 
 def test_enable_creates_the_periodic_task_of_the_stream() -> None:
@@ -31,7 +43,7 @@ def test_enable_creates_the_periodic_task_of_the_stream() -> None:
     assert task.name == "stream btcusdt@trade"
     assert task.task == "workers.tasks.ensure_stream"
     assert json.loads(task.kwargs) == {"symbol": "BTCUSDT", "channel": "trade"}
-    assert (task.interval.every, task.interval.period) == (3600, IntervalSchedule.SECONDS)
+    assert schedule_of(task) == (3600, IntervalSchedule.SECONDS)
     assert task.enabled
 
 
@@ -120,7 +132,7 @@ def test_enable_with_validation_creates_a_listed_symbol(exchange_settings: FakeE
     assert registry.enabled_streams() == [("BTCUSDT", "aggTrade")]
 
 
-def test_validate_says_when_the_exchange_cannot_be_reached(settings) -> None:
+def test_validate_says_when_the_exchange_cannot_be_reached(settings: Settings) -> None:
     settings.BINANCE_REST_URL = "http://127.0.0.1:9"  # discard port: nothing listens
     with pytest.raises(ExchangeUnavailable, match="cannot reach"):
         registry.validate_symbol("BTCUSDT")
@@ -129,13 +141,13 @@ def test_validate_says_when_the_exchange_cannot_be_reached(settings) -> None:
 def test_the_collector_tasks_exist_after_the_migrations() -> None:
     tasks = {t.name: t for t in PeriodicTask.objects.filter(
         name__in=["flush trades", "supervise streams", "audit gaps"])}
-    assert {name: (t.task, t.interval.every, t.interval.period, t.enabled) for name, t in tasks.items()} == {
+    assert {name: (t.task, *schedule_of(t), t.enabled) for name, t in tasks.items()} == {
         "flush trades": ("workers.tasks.flush_trades", 1, "seconds", True),
         "supervise streams": ("workers.tasks.supervise_streams", 10, "seconds", True),
         "audit gaps": ("workers.tasks.audit_gaps", 300, "seconds", True),
     }
     listing_check = PeriodicTask.objects.get(name="check listing")
-    assert (listing_check.task, listing_check.interval.every) == ("workers.tasks.check_listing", 300)
+    assert (listing_check.task, schedule_of(listing_check)[0]) == ("workers.tasks.check_listing", 300)
 
 
 # --- in bulk --------------------------------------------------------------------------------------------------
@@ -143,7 +155,8 @@ def test_the_collector_tasks_exist_after_the_migrations() -> None:
 MANY = [(f"B{i:04d}USDT", "trade") for i in range(1500)]
 
 
-def test_enabling_1500_streams_is_a_few_statements_and_one_notice_to_beat(django_assert_max_num_queries) -> None:  # type: ignore[no-untyped-def]
+def test_enabling_1500_streams_is_a_few_statements_and_one_notice_to_beat(
+        django_assert_max_num_queries: DjangoAssertNumQueries) -> None:
     before = PeriodicTasks.last_change()
     with django_assert_max_num_queries(12):  # schedule, locked read, 3 INSERTs of 500, the notice, savepoints
         changes = registry.enable_streams(MANY)
@@ -169,7 +182,7 @@ def test_enabling_again_writes_nothing_and_says_so() -> None:
 def test_the_ticks_of_streams_enabled_together_are_spread_over_the_interval() -> None:
     registry.enable_streams(MANY[:300])
     now = timezone.now()
-    offsets = [(now - t.last_run_at).total_seconds() for t in registry.stream_tasks()]
+    offsets = [seconds_since_tick(t, now) for t in registry.stream_tasks()]
     assert all(-1 < o < registry.ENSURE_EVERY + 1 for o in offsets)
     # Beat ticks each one interval after its last_run_at: about 300 / 12 in each 5-minute slice of the hour.
     slices = [sum(1 for o in offsets if k * 300 <= o < (k + 1) * 300) for k in range(12)]
@@ -228,12 +241,12 @@ def test_the_migration_moves_existing_stream_tasks_to_the_hourly_schedule_once()
     editor = connection.schema_editor()
     migration.hourly(apps, editor)
     tasks = list(registry.stream_tasks())
-    assert {t.interval.every for t in tasks} == {3600}
+    assert {schedule_of(t)[0] for t in tasks} == {3600}
     assert PeriodicTasks.last_change() > before
-    spread = {int((timezone.now() - t.last_run_at).total_seconds()) // 600 for t in tasks if t.enabled}
+    spread = {int(seconds_since_tick(t, timezone.now())) // 600 for t in tasks if t.enabled}
     assert len(spread) >= 4  # the enabled ones no longer tick in the same second
     last = PeriodicTasks.last_change()
     migration.hourly(apps, editor)  # again: nothing to move, nothing said to beat
     assert PeriodicTasks.last_change() == last
     migration.every_ten_seconds(apps, editor)  # and back
-    assert {t.interval.every for t in registry.stream_tasks()} == {10}
+    assert {schedule_of(t)[0] for t in registry.stream_tasks()} == {10}

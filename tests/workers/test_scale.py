@@ -28,7 +28,7 @@ from tests.workers.test_supervision import assert_stored_run_equals_record, stor
 from tests.workers.test_worker_processes import celery_worker, drained
 from workers.budget import RedisWeightBudget
 from workers.keys import counters_key, lease_key, stream_id
-from workers.redis import async_redis, sync_redis
+from workers.redis import async_redis, sync_redis, text
 from workers.registry import disable_stream, enable_stream
 
 
@@ -77,8 +77,8 @@ def test_many_streams_on_shared_connections_store_the_record_through_drops_rotat
         # and on a busy machine a request may reach the exchange a second after it took its weight.
         env = {"BINANCE_STREAMS_PER_CONNECTION": "40", "BINANCE_ROTATE_AFTER": "20",
                "BINANCE_REST_WEIGHT_BUDGET": "140", "BINANCE_REST_WEIGHT_WINDOW": "5", **SCALE_TIMING}
-        with Beat(), celery_worker(ex, "worker", queues="celery", **env), \
-                celery_worker(ex, "streams", queues="streams", concurrency=130, log=tmp_path / "streams.log", **env):
+        with Beat(), celery_worker(ex, "worker", queues="celery", env=env), \
+                celery_worker(ex, "streams", queues="streams", concurrency=130, log=tmp_path / "streams.log", env=env):
             wait_for(lambda: all_connected(ex, MANY), timeout=120)
             assert ex.stats.connection_attempts <= 6  # three connections carry 120 streams
             wait_for(lambda: all(stored_ids(s) for s in MANY), timeout=120)
@@ -111,7 +111,7 @@ def test_a_stream_disabled_on_a_shared_connection_is_unsubscribed_without_touchi
     with running_exchange(symbols=dict.fromkeys(symbols, 5.0), seed=102) as ex:
         fast_settings.BINANCE_WS_URL, fast_settings.BINANCE_REST_URL = ex.ws_url, ex.rest_url
         enable_all(symbols)
-        with Beat(), celery_worker(ex, "both", log=tmp_path / "both.log", **SCALE_TIMING):
+        with Beat(), celery_worker(ex, "both", log=tmp_path / "both.log", env=SCALE_TIMING):
             wait_for(lambda: all_connected(ex, symbols), timeout=60)
             opened = ex.stats.connection_attempts
             disable_stream(symbols[0], TRADE)
@@ -134,12 +134,12 @@ def test_two_streams_workers_share_the_streams_with_one_owner_each(fast_settings
         fast_settings.BINANCE_WS_URL, fast_settings.BINANCE_REST_URL = ex.ws_url, ex.rest_url
         enable_all(symbols)
         checks = [at_most_one_connection(ex, f"{s.lower()}@trade") for s in symbols]
-        with Beat(interval=0.2), celery_worker(ex, "worker", queues="celery", **SCALE_TIMING), \
-                celery_worker(ex, "one", queues="streams", concurrency=48, **SCALE_TIMING), \
-                celery_worker(ex, "two", queues="streams", concurrency=48, **SCALE_TIMING), \
+        with Beat(interval=0.2), celery_worker(ex, "worker", queues="celery", env=SCALE_TIMING), \
+                celery_worker(ex, "one", queues="streams", concurrency=48, env=SCALE_TIMING), \
+                celery_worker(ex, "two", queues="streams", concurrency=48, env=SCALE_TIMING), \
                 watching(lambda: [check() for check in checks]) as failures:
             wait_for(lambda: all_connected(ex, symbols), timeout=60)
-            owners = {s: (sync_redis().get(lease_key(stream_id(s, TRADE))) or b"").decode() for s in symbols}
+            owners = {s: text(sync_redis().get(lease_key(stream_id(s, TRADE))) or b"") for s in symbols}
             hosts = {owner.split(":", 1)[0] for owner in owners.values()}
             marks = {s: ex.record(s)[-1].trade_id for s in symbols}
             wait_for(lambda: all_stored_past(symbols, marks), timeout=60)

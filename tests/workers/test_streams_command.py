@@ -7,6 +7,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from pytest_django import Settings
 
 from streams.fake.exchange import FakeExchange, running_exchange
 from workers import listing, registry
@@ -21,7 +22,7 @@ QUIET = "ZQCMDUSDT"
 
 
 @pytest.fixture(autouse=True)
-def exchange_settings(settings, exchange: FakeExchange) -> FakeExchange:
+def exchange_settings(settings: Settings, exchange: FakeExchange) -> FakeExchange:
     settings.BINANCE_REST_URL = exchange.rest_url
     return exchange
 
@@ -55,7 +56,7 @@ def test_enable_refuses_an_unknown_symbol_by_name() -> None:
     assert not registry.stream_tasks().exists()
 
 
-def test_enable_says_when_the_exchange_cannot_be_reached(settings) -> None:
+def test_enable_says_when_the_exchange_cannot_be_reached(settings: Settings) -> None:
     settings.BINANCE_REST_URL = "http://127.0.0.1:9"
     with pytest.raises(CommandError, match=r"cannot enable BTCUSDT: .*cannot reach"):
         streams("enable", "BTCUSDT")
@@ -118,7 +119,7 @@ STOPPED = {"A001USDT": "BREAK", "A002USDT": "BREAK", "A003USDT": "HALT", "C000BT
 
 
 @pytest.fixture
-def market(settings, clean_redis: None) -> Iterator[FakeExchange]:
+def market(settings: Settings, clean_redis: None) -> Iterator[FakeExchange]:
     """An exchange listing 45 symbols, 4 of them not trading."""
     with running_exchange(symbols=dict.fromkeys(USDT + BTC, 0.0), seed=9) as ex:
         for symbol, status in STOPPED.items():

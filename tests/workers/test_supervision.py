@@ -69,4 +69,4 @@ def test_two_enabled_symbols_run_as_two_streams_and_store_the_record(
 
 def _buffer_drained() -> bool:
     stats = buffer_stats(sync_redis())
-    return stats["length"] == 0 and stats["trades_waiting"] == 0
+    return bool(stats["length"] == 0 and stats["trades_waiting"] == 0)

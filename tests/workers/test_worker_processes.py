@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from tests.workers.conftest import FAST, Beat
 from tests.workers.test_supervision import assert_stored_run_equals_record, stored_ids
 from workers.buffer import buffer_stats
 from workers.keys import lease_key, stream_id
-from workers.redis import sync_redis
+from workers.redis import sync_redis, text
 from workers.registry import enable_stream
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -41,35 +41,37 @@ def worker_env(exchange: FakeExchange, **overrides: str) -> dict[str, str]:
 
 @contextmanager
 def celery_worker(exchange: FakeExchange, name: str, *, queues: str = "streams,celery", concurrency: int = 8,
-                  python: tuple[str, ...] = (), log: Path | None = None, **env: str
-                  ) -> Iterator[subprocess.Popen[bytes]]:
+                  python: tuple[str, ...] = (), log: Path | None = None, env: Mapping[str, str] | None = None,
+                  **more_env: str) -> Iterator[subprocess.Popen[bytes]]:
     """A real `celery worker` process. `python`: code run before Celery starts (a skewed clock);
-    `log`: a file for its output (for reading it when a test fails)."""
+    `log`: a file for its output (for reading it when a test fails); `env` and `more_env`: its environment
+    beyond worker_env's."""
     prefix = ["-c", f"{';'.join(python)};import sys;from celery.__main__ import main;sys.argv[0]='celery';main()"] \
         if python else ["-m", "celery"]
-    output = log.open("wb") if log is not None else subprocess.DEVNULL
+    output = log.open("wb") if log is not None else None
     process = subprocess.Popen(
         [sys.executable, *prefix, "-A", "project", "worker", "-Q", queues, "-P", "threads",
          "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=worker_env(exchange, **env), stdout=output, stderr=subprocess.STDOUT)
+        cwd=ROOT, env=worker_env(exchange, **{**(env or {}), **more_env}),
+        stdout=output or subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
         if process.poll() is None:
             process.kill()
         process.wait(timeout=30)
-        if log is not None:
-            output.close()  # type: ignore[union-attr]
+        if output is not None:
+            output.close()
 
 
 def drained() -> bool:
     stats = buffer_stats(sync_redis())
-    return stats["length"] == 0 and stats["trades_waiting"] == 0
+    return bool(stats["length"] == 0 and stats["trades_waiting"] == 0)
 
 
 def owner() -> str:
     value = sync_redis().get(lease_key(SID))
-    return value.decode() if value else ""
+    return text(value) if value else ""
 
 
 @pytest.fixture

@@ -23,7 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from channels.layers import DEFAULT_CHANNEL_LAYER, BaseChannelLayer, channel_layers
+from channels import DEFAULT_CHANNEL_LAYER
+from channels.layers import BaseChannelLayer, channel_layers
+from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 
 from streams.binance.backoff import Backoff
@@ -175,8 +177,9 @@ class Hub:
 
     def _closed(self, closer: asyncio.Task[None]) -> None:
         self._closers.discard(closer)
-        if not closer.cancelled() and closer.exception() is not None:
-            logger.warning("closing a live page failed: %s", describe(closer.exception()))  # type: ignore[arg-type]
+        error = None if closer.cancelled() else closer.exception()
+        if error is not None:
+            logger.warning("closing a live page failed: %s", describe(error))
 
     def _offer(self, pages: set[Page], frame: OutFrame) -> None:
         for page in list(pages):
@@ -215,7 +218,7 @@ class Hub:
             with contextlib.suppress(Exception):  # best effort: the membership expires by itself anyway
                 async with asyncio.timeout(self.config.redis_timeout):
                     await self.layer.group_discard(ALL_TRADES_GROUP, self.channel)
-        if self._owns_layer and self.layer is not None:
+        if self._owns_layer and isinstance(self.layer, RedisChannelLayer):  # the only layer with pools
             with contextlib.suppress(Exception):
                 await self.layer.close_pools()
         await asyncio.get_running_loop().run_in_executor(self._thread, release_connections)

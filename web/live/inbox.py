@@ -32,17 +32,18 @@ class Inbox:
         # Every command has a deadline (TimeoutError): the layer's connections have no socket timeout, and
         # a Redis that went silent (a partition) would otherwise hold the hub for good.
         self.timeout = timeout
-        self.bulk = isinstance(layer, RedisChannelLayer) and "!" in channel
-        if self.bulk:
-            local = layer.non_local_name(channel)
-            self._key = layer.prefix + local
-            self._index = layer.consistent_hash(local)
+        self._redis = layer if isinstance(layer, RedisChannelLayer) and "!" in channel else None
+        self.bulk = self._redis is not None
+        if self._redis is not None:
+            local = self._redis.non_local_name(channel)
+            self._key = self._redis.prefix + local
+            self._index = self._redis.consistent_hash(local)
 
     async def receive_many(self) -> list[dict[str, Any]]:
-        if not self.bulk:
+        if self._redis is None:
             return [await self.layer.receive(self.channel)]
         while True:
-            connection = self.layer.connection(self._index)
+            connection = self._redis.connection(self._index)
             async with asyncio.timeout(self.timeout):
                 popped = await connection.zpopmin(self._key, self.limit)
             if not popped:
@@ -51,19 +52,19 @@ class Inbox:
                 if blocked is None:
                     continue
                 popped = [(blocked[1], blocked[2])]
-            messages = [self._decode(member) for member, _ in popped]
+            messages = [self._decode(self._redis, member) for member, _ in popped]
             return [m for m in messages if m is not None]
 
     async def receive_waiting(self) -> list[dict[str, Any]]:
         """What waits now, without waiting ([] on a layer that cannot say)."""
-        if not self.bulk:
+        if self._redis is None:
             return []
         async with asyncio.timeout(self.timeout):
-            popped = await self.layer.connection(self._index).zpopmin(self._key, self.limit)
-        return [m for m in (self._decode(member) for member, _ in popped) if m is not None]
+            popped = await self._redis.connection(self._index).zpopmin(self._key, self.limit)
+        return [m for m in (self._decode(self._redis, member) for member, _ in popped) if m is not None]
 
-    def _decode(self, member: bytes) -> dict[str, Any] | None:
-        message: dict[str, Any] = self.layer.deserialize(member)
+    def _decode(self, layer: RedisChannelLayer, member: bytes) -> dict[str, Any] | None:
+        message: dict[str, Any] = layer.deserialize(member)
         addressed = message.pop("__asgi_channel__", None)
         if addressed is not None and self.channel not in (addressed if isinstance(addressed, list) else [addressed]):
             return None  # for another channel of this layer instance (the hub's has none)

@@ -75,11 +75,11 @@ def write_live_stats(stats: dict[str, int]) -> None:
 
 def read_live_stats() -> dict[str, dict[str, int]]:
     """Every web process's live-feed counters, by process."""
-    from workers.redis import sync_redis
+    from workers.redis import sync_redis, text
 
     client = sync_redis()
     out = {}
     for key in client.scan_iter(match=f"{PREFIX}:live:*", count=500):
         raw = client.hgetall(key)
-        out[key.decode().split(":", 2)[2]] = {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
+        out[text(key).split(":", 2)[2]] = {text(k): int(v) for k, v in raw.items()}
     return out

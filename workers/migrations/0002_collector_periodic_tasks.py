@@ -4,9 +4,12 @@ The intervals are read from settings when the migration runs; changing a setting
 an existing periodic task (edit it in the admin, or delete it and re-run this migration)."""
 
 import math
+from datetime import datetime
 
+from django.apps.registry import Apps
 from django.conf import settings
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 # (name, task, setting, default interval in seconds)
 COLLECTOR_TASKS = (
@@ -19,14 +22,14 @@ COLLECTOR_TASKS = (
 MIN_EXPIRES = 10
 
 
-def interval_spec(seconds: float) -> dict:
+def interval_spec(seconds: float) -> dict[str, int | str]:
     """Whole seconds when possible; IntervalSchedule.every is an integer, so 0.5 s is 500000 microseconds."""
     if float(seconds).is_integer():
         return {"every": int(seconds), "period": "seconds"}
     return {"every": round(seconds * 1_000_000), "period": "microseconds"}
 
 
-def create_tasks(apps, schema_editor):
+def create_tasks(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
     PeriodicTasks = apps.get_model("django_celery_beat", "PeriodicTasks")
@@ -45,7 +48,7 @@ def create_tasks(apps, schema_editor):
     PeriodicTasks.objects.using(db).update_or_create(ident=1, defaults={"last_update": _now()})
 
 
-def delete_tasks(apps, schema_editor):
+def delete_tasks(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
     PeriodicTasks = apps.get_model("django_celery_beat", "PeriodicTasks")
     db = schema_editor.connection.alias
@@ -53,7 +56,7 @@ def delete_tasks(apps, schema_editor):
     PeriodicTasks.objects.using(db).update_or_create(ident=1, defaults={"last_update": _now()})
 
 
-def _now():
+def _now() -> datetime:
     from django.utils import timezone
 
     return timezone.now()

@@ -9,7 +9,9 @@ migration. Idempotent: a task already on the hourly schedule is left as it is.""
 import zlib
 from datetime import timedelta
 
+from django.apps.registry import Apps
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 ENSURE_TASK = "workers.tasks.ensure_stream"
 NAME_PREFIX = "stream "
@@ -17,15 +19,15 @@ EVERY = 3600  # seconds (workers.registry.ENSURE_EVERY)
 BEFORE = 10  # seconds: the schedule before this migration
 
 
-def hourly(apps, schema_editor):
+def hourly(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     _move(apps, schema_editor, EVERY)
 
 
-def every_ten_seconds(apps, schema_editor):
+def every_ten_seconds(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     _move(apps, schema_editor, BEFORE)
 
 
-def _move(apps, schema_editor, every):
+def _move(apps: Apps, schema_editor: BaseDatabaseSchemaEditor, every: int) -> None:
     from django.utils import timezone
 
     db = schema_editor.connection.alias

@@ -2,14 +2,16 @@
 exchangeInfo call (weight 20) says which enabled symbols the exchange does not trade now; they are reported and
 stay enabled. The interval is fixed here (no setting is read); change it in the admin."""
 
+from django.apps.registry import Apps
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 NAME = "check listing"
 TASK = "workers.tasks.check_listing"
 EVERY = 300  # seconds
 
 
-def create_task(apps, schema_editor):
+def create_task(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     from django.utils import timezone
 
     db = schema_editor.connection.alias
@@ -25,7 +27,7 @@ def create_task(apps, schema_editor):
     PeriodicTasks.objects.using(db).update_or_create(ident=1, defaults={"last_update": timezone.now()})
 
 
-def delete_task(apps, schema_editor):
+def delete_task(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     from django.utils import timezone
 
     db = schema_editor.connection.alias

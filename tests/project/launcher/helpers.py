@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.helpers import ROOT, free_port  # noqa: F401 - the launcher tests import it from here
+from tests.helpers import ROOT
 
 CHILD = ROOT / "tests" / "project" / "launcher" / "child.py"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from project.envfiles import envfile_read
 from project.launcher.credentials import secrets_ensure
-from project.launcher.envfiles import envfile_read
 from project.launcher.flower import basic_auth_problem
 from project.launcher.profiles import RUN, Profile
 

@@ -13,8 +13,7 @@ import pytest
 from django.conf import settings
 
 from project.launcher.flower import basic_auth_problem, flower_command
-from tests.helpers import ROOT, wait_for
-from tests.project.launcher.helpers import free_port
+from tests.helpers import ROOT, free_port, wait_for
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -111,3 +110,13 @@ def _listening_addresses(port: int) -> list[str]:
                 found.append(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6,
                                               b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))))
     return found
+
+
+def test_started_by_hand_it_takes_the_login_from_the_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("FLOWER_BASIC_AUTH=admin:change-me\n")  # refused: it shows that the file was read
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_") and k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run([sys.executable, "-m", "project.launcher.flower"], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "ENV_FILE": str(env_file)}, timeout=30, check=False)
+    assert done.returncode == 1
+    assert "FLOWER_BASIC_AUTH is the known default admin:change-me" in done.stderr

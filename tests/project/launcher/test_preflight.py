@@ -15,8 +15,7 @@ from django.conf import settings
 from project.launcher.preflight import database_problem, machine_problems, redis_state, redis_target, venv_problem
 from project.launcher.private_redis import private_redis
 from project.launcher.profiles import RUN, TESTS
-from tests.helpers import wait_for
-from tests.project.launcher.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 INSTALLED = lambda name: f"/usr/bin/{name}"  # noqa: E731 - a `which` that finds everything
 MISSING = lambda name: None  # noqa: E731 - a `which` that finds nothing
@@ -140,7 +139,7 @@ def test_the_private_redis_comes_back_when_it_dies_while_make_run_runs(tmp_path:
         client = redis.Redis(port=port)
         first = client.info("server")["process_id"]
         client.xadd("buffer", {"trade": "1"})
-        client.execute_command("BGREWRITEAOF")  # on disk now, not within the next second
+        client.bgrewriteaof()  # on disk now, not within the next second
         wait_for(lambda: client.info("persistence")["aof_rewrite_in_progress"] == 0, timeout=10)
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: _answers(client) and client.info("server")["process_id"] != first, timeout=20)

@@ -16,13 +16,14 @@ import pytest
 import redis
 
 from project.launcher.profiles import STATE_DIR
-from tests.helpers import ROOT, wait_for
-from tests.project.launcher.helpers import Started, child_line, free_port, pid_in, processes_mentioning, running
+from tests.helpers import ROOT, free_port, wait_for
+from tests.project.launcher.helpers import Started, child_line, pid_in, processes_mentioning, running
 
 MAKE = shutil.which("make") or "/usr/bin/make"
 # What the test's own environment must not pass on: pytest-django's settings module, an outer make's flags.
 SCRUBBED = ("DJANGO_SETTINGS_MODULE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "REDIS_URL", "DATABASE_URL", "PYTHON",
-            "FLOWER_BASIC_AUTH", "FLOWER_ADDRESS", "FLOWER_PORT", "PORT", "HOST", "SECRET_KEY")
+            "FLOWER_BASIC_AUTH", "FLOWER_ADDRESS", "FLOWER_PORT", "PORT", "HOST", "SECRET_KEY", "ENV_FILE",
+            "DEMO_DATABASE_URL", "DEMO_REDIS_URL")
 
 
 
@@ -61,16 +62,16 @@ def test_a_closed_redis_port_without_redis_installed_is_one_line(tmp_path: Path,
 
 def test_every_missing_part_is_one_line_in_one_go(tmp_path: Path, no_redis_server: str) -> None:
     redis_port, postgres_port = free_port(), free_port()
-    env = machine(tmp_path, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", PATH=no_redis_server,
-                  DATABASE_URL=f"postgres://postgres@127.0.0.1:{postgres_port}/trades",
+    env = machine(tmp_path, DEMO_REDIS_URL=f"redis://127.0.0.1:{redis_port}/1", PATH=no_redis_server,
+                  DEMO_DATABASE_URL=f"postgres://postgres@127.0.0.1:{postgres_port}/trades",
                   FLOWER_BASIC_AUTH="admin:change-me")
     done = make("demo", env=env)
     assert done.returncode == 2
     assert our_lines(done) == [
-        f"Redis: nothing answers at redis://127.0.0.1:{redis_port}/0 and redis-server is not installed: "
+        f"Redis: nothing answers at redis://127.0.0.1:{redis_port}/1 and redis-server is not installed: "
         "sudo apt-get install redis-server",
         f"PostgreSQL: nothing answers at 127.0.0.1:{postgres_port} (connection refused): "
-        "sudo apt-get install postgresql, or unset DATABASE_URL to use SQLite",
+        "sudo apt-get install postgresql, or unset DEMO_DATABASE_URL to use SQLite",
         "Flower: FLOWER_BASIC_AUTH is the known default admin:change-me: set a real user:password, or unset it "
         "(make run generates one into .env)",
     ]

@@ -1,10 +1,30 @@
-"""Env files: `NAME=value` lines, as honcho and docker compose read them; and adding generated values."""
+"""Env files: `NAME=value` lines, as honcho and docker compose read them; adding generated values; and the
+env file that the project's settings read in a process started by hand.
+
+`make run` gives its processes the environment of its profile (project/launcher/profiles.py: make run's
+defaults, `.env`, then the environment). A command typed in a shell (`.venv/bin/python manage.py streams
+enable btcusdt`, `.venv/bin/celery -A project worker`) gets the same from `env_file_load`, which
+project/settings.py calls first: the values of `.env` (or of the file that ENV_FILE names) and make run's
+defaults, each only where the environment does not set it already. ENV_FILE set but empty reads nothing:
+`make run` sets it so for its processes (their environment is whole already; a demo process must never
+read the real service's `.env`), and the tests set it so (a test must never pick up a developer's `.env`).
+Only the project's own settings read it: a process whose DJANGO_SETTINGS_MODULE names other settings (the
+tests') reads nothing. Standard library only: `make run` imports this with the system Python.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import MutableMapping
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+DEFAULT_ENV_FILE = ROOT / ".env"
+# make run's defaults, below its env file and the environment: a checkout is a development one until its
+# .env or the environment says DEBUG=0 (then SECRET_KEY is required, and make run generates one).
+RUN_DEFAULTS = {"DEBUG": "1"}
+SETTINGS = "project.settings"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
@@ -71,3 +91,28 @@ def _closing_quote(raw: str, quote: str) -> int:
             return index
         index += 1
     return -1
+
+
+def env_file_path(environ: MutableMapping[str, str]) -> Path | None:
+    """The env file a process started by hand reads: ENV_FILE (relative to the working directory), `.env`
+    of the checkout when ENV_FILE is unset, none when it is empty."""
+    named = environ.get("ENV_FILE")
+    if named is None:
+        return DEFAULT_ENV_FILE
+    return Path(named).expanduser().resolve() if named.strip() else None
+
+
+def env_file_load(environ: MutableMapping[str, str] = os.environ) -> Path | None:
+    """Fill `environ` from the env file and make run's defaults where it has no value yet (the environment
+    wins, as under make run); the file read, or None. An absent `.env` is no error (a deployment that sets
+    the environment itself); an absent file that ENV_FILE names is."""
+    if environ.get("DJANGO_SETTINGS_MODULE", SETTINGS) != SETTINGS:
+        return None
+    path = env_file_path(environ)
+    if path is None or (path == DEFAULT_ENV_FILE and not path.exists()):
+        return None
+    if not path.is_file():
+        raise EnvFileError(f"ENV_FILE: {path} is not a file")
+    for name, value in {**RUN_DEFAULTS, **envfile_read(path)}.items():
+        environ.setdefault(name, value)
+    return path
