@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,9 +32,12 @@ from streams.lake.schema import FILE_SCHEMA, PRICE, TIME
 
 _DAY_US: Final = 86_400_000_000
 _EPOCH: Final = date(1970, 1, 1)
-_TYPES: Final = {"id": pa.int64(), "price": PRICE, "qty": PRICE, "time": pa.int64(), "isBuyerMaker": pa.bool_(),
-                 "first_id": pa.int64(), "last_id": pa.int64()}
-_BOOLEANS: Final = {"true_values": ["True", "true"], "false_values": ["False", "false"]}
+_TYPES: Final[dict[str, pa.DataType]] = {
+    "id": pa.int64(), "price": PRICE, "qty": PRICE, "time": pa.int64(), "isBuyerMaker": pa.bool_(),
+    "first_id": pa.int64(), "last_id": pa.int64(),
+}
+_TRUE: Final = ["True", "true"]
+_FALSE: Final = ["False", "false"]
 
 
 @dataclass(frozen=True)
@@ -140,13 +143,14 @@ def _read_csv(block: bytes, ref: FileRef) -> pa.Table:
     wanted = [c for c in columns if c in _TYPES]
     if not block.strip():
         return pa.schema([(c, _TYPES[c]) for c in wanted]).empty_table()
+    # pyarrow reads its own NativeFile (here without a copy); the stubs accept only Python's IO.
     return pa_csv.read_csv(
-        pa.BufferReader(block),
+        pa.BufferReader(block),  # type: ignore[arg-type]
         read_options=pa_csv.ReadOptions(column_names=list(columns), block_size=len(block) + 1),
         parse_options=pa_csv.ParseOptions(newlines_in_values=False),
         convert_options=pa_csv.ConvertOptions(column_types={c: _TYPES[c] for c in wanted}, include_columns=wanted,
                                               strings_can_be_null=False, quoted_strings_can_be_null=False,
-                                              **_BOOLEANS))
+                                              true_values=_TRUE, false_values=_FALSE))
 
 
 def _first_bad_line(block: bytes, ref: FileRef, first_line: int) -> tuple[int, str]:
@@ -182,49 +186,51 @@ class _Checker:
             return
         for column in batch.columns:
             if column.null_count:
-                self._fail(int(pc.index(pc.is_null(column), True).as_py()), "an empty field")
-        ids = batch.column("id")
-        times = pc.multiply(batch.column("time"), self.scale) if self.scale != 1 else batch.column("time")
-        outside = pc.or_(pc.less(times, self.start_us), pc.greater_equal(times, self.end_us))
+                self._fail(_first(pc.is_null(column)), "an empty field")
+        ids: pa.Array[Any] = batch.column("id")
+        raw: pa.Array[Any] = batch.column("time")
+        times = pc.multiply(raw, pa.scalar(self.scale, pa.int64())) if self.scale != 1 else raw
+        outside = pc.or_(pc.less(times, pa.scalar(self.start_us, pa.int64())),
+                         pc.greater_equal(times, pa.scalar(self.end_us, pa.int64())))
         if pc.any(outside).as_py():
-            at = int(pc.index(outside, True).as_py())
-            self._fail(at, f"time {batch.column('time')[at].as_py()} is outside the file's period "
-                           f"{self.ref.period.label}")
+            at = _first(outside)
+            self._fail(at, f"time {raw[at].as_py()} is outside the file's period {self.ref.period.label}")
         self._increasing(ids, self.last_id, strict=True, what="trade id")
         self._increasing(times, self.last_us, strict=False, what="time")
         for name in ("price", "qty"):
             positive = pc.greater(batch.column(name), pa.scalar(0, PRICE))
             if not pc.all(positive).as_py():
-                self._fail(int(pc.index(positive, False).as_py()), f"{name} is not above zero")
+                self._fail(_first(pc.invert(positive)), f"{name} is not above zero")
         if self.ref.dataset is AGG_TRADES:
             ordered = pc.less_equal(batch.column("first_id"), batch.column("last_id"))
             if not pc.all(ordered).as_py():
-                self._fail(int(pc.index(ordered, False).as_py()), "its first trade id is above its last")
+                self._fail(_first(pc.invert(ordered)), "its first trade id is above its last")
         self.last_id, self.last_us = ids[-1].as_py(), times[-1].as_py()
         yield from self._days(batch, times)
         self.line += rows
 
-    def _increasing(self, values: pa.Array, before: int | None, *, strict: bool, what: str) -> None:
+    def _increasing(self, values: pa.Array[Any], before: int | None, *, strict: bool, what: str) -> None:
         if before is not None and (values[0].as_py() <= before if strict else values[0].as_py() < before):
             self._fail(0, f"{what} {values[0].as_py()} comes after {before}")
         if len(values) < 2:
             return
         steps = pc.subtract(values.slice(1), values.slice(0, len(values) - 1))
-        bad = pc.less_equal(steps, 0) if strict else pc.less(steps, 0)
+        zero = pa.scalar(0, pa.int64())
+        bad = pc.less_equal(steps, zero) if strict else pc.less(steps, zero)
         if pc.any(bad).as_py():
-            at = int(pc.index(bad, True).as_py()) + 1
+            at = _first(bad) + 1
             self._fail(at, f"{what} {values[at].as_py()} comes after {values[at - 1].as_py()}")
 
-    def _days(self, batch: pa.RecordBatch, times: pa.Array) -> Iterator[tuple[date, pa.Table]]:
-        days = pc.divide(times, _DAY_US)
-        runs = pc.run_end_encode(days)
+    def _days(self, batch: pa.RecordBatch, times: pa.Array[Any]) -> Iterator[tuple[date, pa.Table]]:
+        days = pc.divide(times, pa.scalar(_DAY_US, pa.int64()))
+        runs = pc.run_end_encode(days)  # type: ignore[attr-defined]  # in pyarrow since 13; not in its stubs
         start = 0
         for end, value in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
             yield _EPOCH + timedelta(days=value), self._table(batch.slice(start, end - start),
                                                              times.slice(start, end - start))
             start = end
 
-    def _table(self, batch: pa.RecordBatch, times: pa.Array) -> pa.Table:
+    def _table(self, batch: pa.RecordBatch, times: pa.Array[Any]) -> pa.Table:
         stamp = times.cast(TIME)
         rows = batch.num_rows
         agg = self.ref.dataset is AGG_TRADES
@@ -237,3 +243,8 @@ class _Checker:
 
     def _fail(self, index: int, why: str) -> None:
         raise ArchiveFormatError(f"{self.ref.member}: line {self.line + index:,}: {why}")
+
+
+def _first(mask: Any) -> int:
+    """The index of the first true value of a boolean array that has one."""
+    return int(pc.index(mask, pa.scalar(True)).as_py())

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -176,14 +176,14 @@ def union(preferred: pa.Table, other: pa.Table) -> pa.Table:
     both = both.take(order)
     ids = both.column("trade_id").combine_chunks()
     keep = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
-    mask = pa.concat_arrays([pa.array([True]), keep.fill_null(True)])
+    mask: Any = pa.concat_arrays([pa.array([True]), keep.fill_null(True)])
     return both.filter(mask)
 
 
 _CONTENT = ("price", "volume", "trade_time", "is_market_maker")
 
 
-def differing_ids(new: pa.Table, old: pa.Table) -> pa.Array:
+def differing_ids(new: pa.Table, old: pa.Table) -> pa.Array[Any]:
     """The ids both tables hold with another price, volume, trade time or side: what a source that corrects
     another (a re-published archive file) changes."""
     if new.num_rows == 0 or old.num_rows == 0:
@@ -196,7 +196,7 @@ def differing_ids(new: pa.Table, old: pa.Table) -> pa.Array:
     return joined.filter(differ).column("trade_id").combine_chunks()
 
 
-def without(table: pa.Table, ids: pa.Array) -> pa.Table:
+def without(table: pa.Table, ids: pa.Array[Any]) -> pa.Table:
     """`table` less the rows of `ids`."""
     return table if len(ids) == 0 else table.filter(pc.invert(pc.is_in(table.column("trade_id"), value_set=ids)))
 
@@ -232,7 +232,8 @@ def _csv_table(block: bytes) -> pa.Table:
     read = pa_csv.ReadOptions(column_names=list(queries.DATASET_COLUMNS), use_threads=False)
     convert = pa_csv.ConvertOptions(column_types=_CSV_TYPES, true_values=["t"], false_values=["f"],
                                     strings_can_be_null=False)
-    raw = pa_csv.read_csv(pa.BufferReader(block), read_options=read, convert_options=convert)
+    # pyarrow reads its own NativeFile (here without a copy); the stubs accept only Python's IO.
+    raw = pa_csv.read_csv(pa.BufferReader(block), read_options=read, convert_options=convert)  # type: ignore[arg-type]
     return pa.Table.from_arrays([
         raw.column("trade_id"), raw.column("price"), raw.column("volume"),
         raw.column("trade_us").cast(TIME), raw.column("event_us").cast(TIME), raw.column("is_market_maker"),
@@ -245,7 +246,7 @@ def _rows_table(rows: list[tuple[object, ...]]) -> pa.Table:
         return FILE_SCHEMA.empty_table()
     ids, prices, volumes, traded, events, makers, received, firsts, lasts = zip(*rows, strict=True)
 
-    def us(values: Sequence[object]) -> pa.Array:
+    def us(values: Sequence[object]) -> pa.Array[Any]:
         return pa.array([None if v is None else _epoch_us(v) for v in values], pa.int64()).cast(TIME)
 
     return pa.Table.from_arrays([

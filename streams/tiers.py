@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from django.conf import settings
-from django.db.models import Max, Min
+from django.db.models import Max, Min, QuerySet
 
 from streams import queries
 from streams.binance.sequence import Gap
@@ -69,14 +70,16 @@ def day_span(key: DayKey, sealed: SealedDay | None = None) -> DaySpan:
     return span_of_ids(ids, in_database=stored.trades > 0)
 
 
-def span_of_ids(ids: pa.Array, *, in_database: bool = False) -> DaySpan:
+def span_of_ids(ids: pa.Array[Any], *, in_database: bool = False) -> DaySpan:
     """The span of sorted, distinct ids of a day that the lake holds (alone or with the database)."""
     if len(ids) == 0:
         return DaySpan(0, None, None, [], in_database=in_database, in_lake=True)
+    values = [v for v in ids.to_pylist() if v is not None]  # ids are never null
     steps = pc.subtract(ids.slice(1), ids.slice(0, len(ids) - 1))
-    after = pc.indices_nonzero(pc.greater(steps, 1)).to_pylist()
-    holes = [Gap(ids[i].as_py() + 1, ids[i + 1].as_py() - 1) for i in after]
-    return DaySpan(len(ids), ids[0].as_py(), ids[-1].as_py(), holes, in_database=in_database, in_lake=True)
+    gaps = pc.indices_nonzero(pc.greater(steps, pa.scalar(1, pa.int64()))).to_pylist()
+    after = [i for i in gaps if i is not None]
+    holes = [Gap(values[i] + 1, values[i + 1] - 1) for i in after]
+    return DaySpan(len(values), values[0], values[-1], holes, in_database=in_database, in_lake=True)
 
 
 def id_before(key: DayKey, trade_id: int) -> int | None:
@@ -109,5 +112,5 @@ def first_id_after_day(key: DayKey) -> int | None:
     return min((v for v in (stored, sealed) if v is not None), default=None)
 
 
-def _sealed(key: DayKey) -> queries.QuerySet[SealedDay]:
+def _sealed(key: DayKey) -> QuerySet[SealedDay]:
     return SealedDay.objects.filter(market=key.market, symbol=key.symbol, channel=key.channel)

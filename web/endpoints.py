@@ -30,7 +30,8 @@ def coverage_api(request: HttpRequest) -> JsonResponse:
     contract in workers.coverage.day_entry), as the audit last computed them."""
     from streams.binance.errors import InvalidStreamName
     from streams.binance.protocol import normalize_channel, normalize_symbol
-    from workers.coverage import coverage_rows, day_entry
+    from workers.coverage import coverage_rows
+    from workers.seal import coverage_entries
 
     params = request.GET
     try:
@@ -39,7 +40,7 @@ def coverage_api(request: HttpRequest) -> JsonResponse:
         first, last = (date.fromisoformat(params[k]) if params.get(k) else None for k in ("from", "to"))
     except (InvalidStreamName, ValueError) as exc:
         return JsonResponse({"error": str(exc)}, status=400)
-    return JsonResponse({"days": [day_entry(row) for row in coverage_rows(symbol, channel, first, last)]})
+    return JsonResponse({"days": coverage_entries(coverage_rows(symbol, channel, first, last))})
 
 
 @require_GET

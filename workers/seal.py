@@ -33,7 +33,7 @@ from streams.lake.files import DayFile, consecutive, exists, read_day, verify_da
 from streams.lake.layout import DayKey
 from streams.lake.schema import FILE_SCHEMA
 from streams.models import Instrument, PriceUpdate, SealedDay
-from workers.coverage import SPOT, mark_days, utc_today
+from workers.coverage import SPOT, day_entry, mark_days, seals_of, utc_today
 from workers.keys import DATASET_FACTS, stream_id
 from workers.models import DayCoverage, Verdict
 from workers.redis import sync_redis
@@ -208,6 +208,17 @@ def where(row: DayCoverage, sealed: SealedDay | None, months_stored: set[partiti
     else:
         in_database = cutoff is None or row.day >= cutoff
     return "both" if in_database and row.trades else "lake"
+
+
+def coverage_entries(rows: list[DayCoverage]) -> list[dict[str, Any]]:
+    """The days of the coverage report with where each lives and its seal (the command's and the API's)."""
+    seals = seals_of(rows)
+    months, cutoff = stored_months(), cold_before()
+    entries = []
+    for row in rows:
+        sealed = seals.get((row.symbol, row.channel, row.day))
+        entries.append(day_entry(row, sealed, where(row, sealed, months, cutoff)))
+    return entries
 
 
 def stored_months() -> set[partitions.Month] | None:

@@ -6,16 +6,18 @@ Computed with Arrow's grouped aggregation; open and close are the prices of each
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from streams.lake.schema import PRICE, TIME
 
-INTERVALS: Final = {"1m": (1, "minute"), "5m": (5, "minute"), "15m": (15, "minute"), "1h": (1, "hour"),
-                    "1d": (1, "day")}
-CANDLE_SCHEMA: Final = pa.schema([
+Unit = Literal["minute", "hour", "day"]
+INTERVALS: Final[dict[str, tuple[int, Unit]]] = {
+    "1m": (1, "minute"), "5m": (5, "minute"), "15m": (15, "minute"), "1h": (1, "hour"), "1d": (1, "day"),
+}
+_CANDLE_FIELDS: Final[list[pa.Field[Any]]] = [
     pa.field("open_time", TIME, nullable=False),
     pa.field("open", PRICE, nullable=False),
     pa.field("high", PRICE, nullable=False),
@@ -23,7 +25,8 @@ CANDLE_SCHEMA: Final = pa.schema([
     pa.field("close", PRICE, nullable=False),
     pa.field("volume", pa.decimal128(38, 8), nullable=False),
     pa.field("trades", pa.int64(), nullable=False),
-])
+]
+CANDLE_SCHEMA: Final = pa.schema(_CANDLE_FIELDS)
 
 
 def candles(trades: pa.Table, interval: str = "1m") -> pa.Table:
@@ -34,7 +37,8 @@ def candles(trades: pa.Table, interval: str = "1m") -> pa.Table:
     if trades.num_rows == 0:
         return CANDLE_SCHEMA.empty_table()
     multiple, unit = INTERVALS[interval]
-    bars = pc.floor_temporal(trades.column("trade_time"), multiple=multiple, unit=unit)
+    times: Any = trades.column("trade_time")  # timestamps (the stubs type a column by its values' scalar)
+    bars = pc.floor_temporal(times, multiple=multiple, unit=unit)
     work = pa.table({"bar": bars, "price": trades.column("price"), "volume": trades.column("volume"),
                      "row": pa.array(range(trades.num_rows), pa.int64())})
     grouped = work.group_by("bar", use_threads=False).aggregate([

@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,7 +48,7 @@ def id_bounds(table: pa.Table) -> tuple[int | None, int | None]:
     return int(ids[0].as_py()), int(ids[-1].as_py())
 
 
-def increasing(ids: pa.ChunkedArray | pa.Array) -> bool:
+def increasing(ids: pa.ChunkedArray[Any] | pa.Array[Any]) -> bool:
     """Whether every id is greater than the one before it (sorted, no id twice)."""
     flat = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     if len(flat) < 2:

@@ -26,7 +26,7 @@ PRICE: Final = pa.decimal128(28, 8)  # numeric(28,8) in the database: Binance qu
 TIME: Final = pa.timestamp("us", tz="UTC")
 _MICROSECONDS: Final = 10**14  # exchange timestamps at or above this are microseconds, below milliseconds
 
-FILE_SCHEMA: Final = pa.schema([
+_FILE_FIELDS: Final[list[pa.Field[Any]]] = [
     pa.field("trade_id", pa.int64(), nullable=False),
     pa.field("price", PRICE, nullable=False),
     pa.field("volume", PRICE, nullable=False),
@@ -36,11 +36,12 @@ FILE_SCHEMA: Final = pa.schema([
     pa.field("received_time", TIME),
     pa.field("first_trade_id", pa.int64()),
     pa.field("last_trade_id", pa.int64()),
-])
-STREAM_FIELDS: Final = [pa.field("market", pa.string(), nullable=False),
+]
+FILE_SCHEMA: Final = pa.schema(_FILE_FIELDS)
+STREAM_FIELDS: Final[list[pa.Field[Any]]] = [pa.field("market", pa.string(), nullable=False),
                         pa.field("ticker_symbol", pa.string(), nullable=False),
                         pa.field("channel", pa.string(), nullable=False)]
-READ_SCHEMA: Final = pa.schema([*STREAM_FIELDS, *FILE_SCHEMA])
+READ_SCHEMA: Final = pa.schema([*STREAM_FIELDS, *_FILE_FIELDS])
 COLUMNS: Final = tuple(FILE_SCHEMA.names)
 
 ROW_GROUP_ROWS: Final = 128 * 1024
@@ -64,7 +65,7 @@ def micros(timestamp: int) -> int:
 def table_from_trades(trades: Sequence[Trade]) -> pa.Table:
     """Trades as a table of FILE_SCHEMA, in the order given. Decimal text that numeric(28,8) cannot hold
     exactly raises pyarrow.ArrowInvalid (storage refuses such trades before they get here)."""
-    columns = list(zip(*trades, strict=True)) if trades else [[] for _ in Trade._fields]
+    columns: list[tuple[Any, ...]] = list(zip(*trades, strict=True)) if trades else [() for _ in Trade._fields]
     (_symbols, _channels, ids, prices, quantities, trade_ts, event_ts, makers, firsts, lasts,
      received) = columns
     return pa.Table.from_arrays([

@@ -155,7 +155,7 @@ def test_the_api_the_command_and_the_status_calendar_show_the_days(settings: Any
     answer = client.get("/api/coverage/", query).json()
     assert [d["day"] for d in answer["days"]] == [str(START + timedelta(days=n)) for n in (1, 2, 3)]
     assert set(answer["days"][1]) == {"symbol", "channel", "day", "trades", "first_id", "last_id", "holes",
-                                      "archive_count", "verdict"}
+                                      "archive_count", "verdict", "where", "seal"}
     assert answer["days"][1]["holes"] == [[hole, hole]] and answer["days"][1]["verdict"] == "holes"
     assert answer["days"][0]["symbol"] == "BTCUSDT" and answer["days"][0]["channel"] == "trade"
     out = io.StringIO()
@@ -165,7 +165,8 @@ def test_the_api_the_command_and_the_status_calendar_show_the_days(settings: Any
 
     table = io.StringIO()
     call_command("coverage", "BTCUSDT", stdout=table)
-    assert f"{START + timedelta(days=2)}" in table.getvalue() and f"holes      {hole}..{hole}" in table.getvalue()
+    text = table.getvalue()
+    assert f"{START + timedelta(days=2)}" in text and "holes      database" in text and f"  {hole}..{hole}" in text
 
     page = client.get("/status/").content.decode()
     assert 'class="holes"' in page and f"holes {hole}..{hole}" in page

@@ -10,12 +10,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from workers.audit import AUDIT_COUNTS
-from workers.keys import BEAT_SEEN, PERIODIC_ERRORS, counters_key
+from workers.keys import BEAT_SEEN, DATASET_FACTS, PERIODIC_ERRORS, counters_key
 from workers.metrics import render
 from workers.redis import sync_redis
 from workers.registry import enable_stream
@@ -42,6 +43,9 @@ def exported(db: None, clean_redis: None) -> set[str]:
     client.set(BEAT_SEEN, f"{server_time(client):.3f}")
     client.hincrby(PERIODIC_ERRORS, "flush", 1)
     client.hincrby(AUDIT_COUNTS, "holes", 1)
+    client.set(DATASET_FACTS, orjson.dumps({"computed_at": 0.0, "sealed_days": 1, "lake_bytes": 100, "damaged": [],
+                                            "streams": {"btcusdt@trade": {"incomplete": 1, "damaged": 1,
+                                                                          "yesterday_complete": 0}}}))
     text = render().decode()
     return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
 

@@ -3,7 +3,9 @@ to it (every 5 minutes), and the scrub that verifies sealed files and hot days a
 pass takes its share, so that every day is verified within DATASET_SCRUB_DAYS). Fixed intervals (no setting
 is read here): change them in the admin."""
 
+from django.apps.registry import Apps
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 TASKS = (  # (name, task, seconds, description)
     ("seal days", "workers.tasks.seal_days", 300, "Complete days sealed into the lake; the hot window kept."),
@@ -11,7 +13,7 @@ TASKS = (  # (name, task, seconds, description)
 )
 
 
-def create_tasks(apps, schema_editor):
+def create_tasks(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     from django.utils import timezone
 
     db = schema_editor.connection.alias
@@ -27,7 +29,7 @@ def create_tasks(apps, schema_editor):
     PeriodicTasks.objects.using(db).update_or_create(ident=1, defaults={"last_update": timezone.now()})
 
 
-def delete_tasks(apps, schema_editor):
+def delete_tasks(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     from django.utils import timezone
 
     db = schema_editor.connection.alias

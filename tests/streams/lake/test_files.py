@@ -50,7 +50,8 @@ def test_a_day_file_sits_in_the_hive_layout_and_holds_exactly_what_was_given(tmp
     assert row["trade_time"].isoformat() == "2026-11-01T00:00:07+00:00" and row["is_market_maker"] is False
     assert row["received_time"].isoformat() == "2026-11-01T00:00:07.005000+00:00"
     metadata = pq.read_metadata(path)
-    assert metadata.row_group(0).column(0).statistics.min == 500  # readers skip row groups by id and time
+    statistics = metadata.row_group(0).column(0).statistics
+    assert statistics is not None and statistics.min == 500  # readers skip row groups by id and time
     assert {os.path.basename(p) for p in os.listdir(path.parent)} == {path.name}  # no temporary file left
 
 
@@ -59,9 +60,10 @@ def test_duckdb_polars_and_pyarrow_read_the_lake_with_its_partitions_in_one_line
     files.write_day(lake, DayKey("um", "BTCUSDT", TRADE, DAY), table_from_trades(trades(9, 3)))
     files.write_day(lake, DayKey("spot", "BTCUSDT", AGG_TRADE, DAY), table_from_trades(trades(1, 4, AGG_TRADE)))
     lake_files = f"{tmp_path}/trades/**/*.parquet"
-    found = duckdb.sql("SELECT market, channel, ticker_symbol, date, count(*) n, sum(price) FROM read_parquet("
-                       "$files, hive_partitioning=true) GROUP BY ALL ORDER BY ALL",
-                       params={"files": lake_files}).fetchall()
+    relation = duckdb.sql("SELECT market, channel, ticker_symbol, date, count(*) n, sum(price) FROM read_parquet("
+                          "$files, hive_partitioning=true) GROUP BY ALL ORDER BY ALL", params={"files": lake_files})
+    assert relation is not None
+    found = relation.fetchall()
     assert [(m, c, s, str(d), n) for m, c, s, d, n, _ in found] == [
         ("spot", "aggTrade", "BTCUSDT", "2026-11-01", 4), ("spot", "trade", "BTCUSDT", "2026-11-01", 1000),
         ("um", "trade", "BTCUSDT", "2026-11-01", 3)]

@@ -15,7 +15,6 @@ from streams.binance.protocol import CHANNELS, normalize_channel, normalize_symb
 from streams.models import SealedDay
 from workers.coverage import (
     coverage_rows,
-    day_entry,
     mark_days,
     seals_of,
     streams_covered,
@@ -24,7 +23,7 @@ from workers.coverage import (
 )
 from workers.management.commands.import_archive import day
 from workers.models import DayCoverage
-from workers.seal import ScrubReport, cold_before, stored_months, verify_sealed, where
+from workers.seal import ScrubReport, cold_before, coverage_entries, stored_months, verify_sealed, where
 
 
 class Command(BaseCommand):
@@ -61,14 +60,13 @@ class Command(BaseCommand):
                 self._verify_sealed(sym, chan, first, last)
             update_coverage(sym, chan)
         rows = [r for r in coverage_rows(symbol, channel, first, last) if (r.symbol, r.channel) in set(streams)]
+        if options["json"]:
+            self.stdout.write(json.dumps({"days": coverage_entries(rows)}))
+            return
         seals = seals_of(rows)
         months, cutoff = stored_months(), cold_before()
         places = {(r.symbol, r.channel, r.day): where(r, seals.get((r.symbol, r.channel, r.day)), months, cutoff)
                   for r in rows}
-        if options["json"]:
-            self.stdout.write(json.dumps({"days": [day_entry(r, seals.get((r.symbol, r.channel, r.day)),
-                                                             places[(r.symbol, r.channel, r.day)]) for r in rows]}))
-            return
         if not rows:
             self.stdout.write("no stored trades" + (f" for {symbol}" if symbol else ""))
             return
