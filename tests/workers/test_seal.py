@@ -129,11 +129,12 @@ def test_the_hot_window_drops_a_month_only_when_every_day_of_it_is_sealed(settin
         seal.seal_due()
         SealedDay.objects.filter(day=date(2026, 10, 29)).delete()  # one October day not sealed (yet)
         settings.DATASET_HOT_DAYS = 3
-        assert seal.drop_cold().dropped == ["streams_trade_2026_11"]  # November's two days are all sealed
+        dropped = seal.drop_cold().dropped  # (empty months other tests left past the window go too)
+        assert "streams_trade_2026_11" in dropped and "streams_trade_2026_10" not in dropped  # November: all sealed
         october = partitions.Month(2026, 10)
         assert october in months()
         assert seal.seal_due().sealed == ["spot BTCUSDT trade 2026-10-29"]
-        assert seal.drop_cold().dropped == ["streams_trade_2026_10"]
+        assert "streams_trade_2026_10" in seal.drop_cold().dropped
         assert october not in months()
         assert not PriceUpdate.objects.filter(trade_time__lt=datetime(2026, 11, 1, tzinfo=UTC)).exists()
         # October now lives in the lake alone: the report says so, and it still reads back whole.
