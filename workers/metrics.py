@@ -34,7 +34,7 @@ STREAM_COUNTERS: dict[str, tuple[str, str]] = {
     "gaps_found": ("collector_stream_gaps_found", "Gaps in the trade ids found."),
     "gaps_healed": ("collector_stream_gaps_healed", "Gaps healed from REST."),
     "missed": ("collector_stream_trades_missed", "Trade ids given up (beyond the backfill window, REST failed)."),
-    "ids_back": ("collector_stream_ids_back", "Live trade ids at or below the last one (a replay, a reset)."),
+    "ids_back": ("collector_stream_ids_back", "Live trade ids going back on one subscription (a replay, a reset)."),
     "parse_errors": ("collector_stream_parse_errors", "Frames that could not be parsed (dead-lettered)."),
     "errors": ("collector_stream_errors", "Transient errors (Redis, REST) met and retried."),
     "broadcast_dropped": ("collector_stream_broadcast_dropped", "Trades not broadcast to browsers (best effort)."),

@@ -49,7 +49,7 @@ class StreamStatus:
     gaps_found: int = 0
     gaps_healed: int = 0
     missed: int = 0                         # trade ids given up (beyond the backfill window, REST failed)
-    ids_back: int = 0                       # live ids at or below the last one (a replay, an exchange reset)
+    ids_back: int = 0                       # live ids behind ones its subscription delivered (a replay, a reset)
     parse_errors: int = 0
     lag_ms: int | None = None               # receive time minus exchange event time of the last trade
     last_trade_ts: int | None = None        # the exchange's event time of the last trade (ms or µs)

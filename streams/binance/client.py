@@ -81,13 +81,25 @@ class StreamState:
     sequencer: Sequencer
     slot: ConnectionSlot | None = None
     last_event_ts: int = 0
+    last_received_us: int | None = None  # local receive time of the last live trade (µs since the epoch)
     last_trade_at: float | None = None   # monotonic: the last live trade arrived
-    lag_ms: int | None = None            # receive time minus event time of the last live trade
     held_since: float | None = None      # monotonic: trades have been held behind a gap since
     last_progress: float | None = None   # monotonic: a trade was handed on
     resume_rejected: bool = False
     backfill: asyncio.Task[None] | None = None
     counted_ready: int = 0               # its trades in the client's ready count
+
+    @property
+    def lag_ms(self) -> int | None:
+        """Receive time minus exchange event time of the last live trade, never below 0.
+
+        The two times come from two clocks (the exchange's and this host's) that NTP keeps within a few
+        milliseconds of each other at best, so a difference of a millisecond or two either way is clock
+        skew, not lag: a trade cannot arrive before it happened. A negative difference is shown as 0."""
+        if self.last_received_us is None or not self.last_event_ts:
+            return None
+        event_us = self.last_event_ts if self.last_event_ts >= _MICROSECONDS else self.last_event_ts * 1000
+        return max(0, (self.last_received_us - event_us) // 1000)
 
     # The continuity counters, as the status reads them.
     @property
@@ -471,10 +483,7 @@ class StreamClient:
         if stream is None:
             return  # unsubscribed while frames were in flight
         now = self._clock()
-        stream.last_event_ts, stream.last_trade_at = trade.event_ts, now
-        if trade.received_us is not None:
-            event_ms = trade.event_ts // 1000 if trade.event_ts >= _MICROSECONDS else trade.event_ts
-            stream.lag_ms = trade.received_us // 1000 - event_ms
+        stream.last_event_ts, stream.last_received_us, stream.last_trade_at = trade.event_ts, trade.received_us, now
         stream.sequencer.live(trade, role)
         self._after(stream, now)
 

@@ -7,6 +7,16 @@ on (`take`, every id once and in order), which ids to fetch (`wanted`), and what
 websockets' Sans-I/O protocol it never reads a socket, sleeps, or looks at a clock: the asyncio driver
 (streams/binance/hub.py) moves the data and decides when; property tests drive it through random
 interleavings of live trades, gaps, rotations, replays and REST pages (tests/binance/test_sequencer.py).
+
+Ids that go back. A live id at or below the last one handed on is one of two things:
+- overlap: the subscription has not yet delivered that far itself, and the id was handed on from elsewhere
+  first (stored before a resume, fetched from REST ahead of the live stream, delivered by the connection a
+  rotation replaced). The exchange's stream simply overlaps what is already had: counted as a duplicate.
+- a regression (`ids_back`): the id is at or below one that the same subscription (the primary connection,
+  since it last became the primary) delivered itself already: a replayed stream or an exchange reset.
+  Counted, and the trade is kept (`regressions`) for the audit to compare with what was stored.
+So a new subscription (the start, a resume, a promoted successor) overlaps freely until it passes what it
+delivered itself; only going back behind its own ids is a regression.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ class Counters:
     trades: int = 0          # handed on
     backfilled: int = 0      # of which from REST
     duplicates: int = 0      # ids seen twice in an overlap the client made (rotation, REST and live)
-    ids_back: int = 0        # live ids at or below the last one from the primary: a replay, an exchange reset
+    ids_back: int = 0        # live ids at or below one the primary delivered itself: a replay, an exchange reset
     gaps_found: int = 0
     gaps_healed: int = 0
     missed: int = 0          # ids given up (beyond the backfill window, or REST failed)
@@ -56,7 +66,7 @@ class Sequencer:
     _catch_up_to: int | None = None  # a known newest id to reach without a live trade (a quiet resume)
     _losses: list[tuple[Gap, str]] = field(default_factory=list)
     _went_back: list[tuple[int, int]] = field(default_factory=list)
-    _overlap: bool = False  # just switched: the new primary may deliver what the old one did
+    _live_high: int | None = None  # the newest id the primary delivered since it became the primary
 
     # --- what comes in ---------------------------------------------------------------------------
 
@@ -70,11 +80,11 @@ class Sequencer:
             self._from_primary(trade)
 
     def promote(self) -> None:
-        """The successor became the primary: what it held back is taken as the primary's own. Until the new
-        primary delivers an id beyond the last one, what it delivers at or below it is the overlap (it
-        may not have caught up when the switch came), not ids going back."""
+        """The successor became the primary: what it held back is taken as the primary's own. It is a new
+        subscription: what it delivers at or below the last id is overlap (it may not have caught up when
+        the switch came) until it goes back behind an id it delivered itself."""
         held, self._successor = self._successor, deque()
-        self._overlap = True
+        self._live_high = None
         for trade in held:
             self._from_primary(trade)
 
@@ -158,17 +168,18 @@ class Sequencer:
     # --- the rules -------------------------------------------------------------------------------
 
     def _from_primary(self, trade: Trade) -> None:
-        last = self.last_id
-        if last is not None and trade.trade_id > last:
-            self._overlap = False
+        trade_id, last, high = trade.trade_id, self.last_id, self._live_high
+        back = high is not None and trade_id <= high  # behind what this subscription delivered itself
+        if not back:
+            self._live_high = trade_id
         if self._gap is not None:
             self._hold_back(trade)
             return
-        if last is None or trade.trade_id == last + 1:
+        if last is None or trade_id == last + 1:
             self._emit(trade)
-        elif trade.trade_id <= last:
-            if self._overlap:
-                self.counters.duplicates += 1
+        elif trade_id <= last:
+            if not back:
+                self.counters.duplicates += 1  # overlap: handed on already from the store, REST or a rotation
             else:
                 if not self.regressions or self.regressions[-1].trade_id + 1 != trade.trade_id:
                     self._went_back.append((trade.trade_id, last))

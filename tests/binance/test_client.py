@@ -15,6 +15,7 @@ from streams.binance.client import ClientConfig, StreamClient
 from streams.binance.errors import UnknownSymbol
 from streams.binance.protocol import AGG_TRADE, TRADE, Trade
 from streams.binance.rest import BinanceRest
+from streams.binance.sequencer import Role
 from streams.binance.supervision import TaskFailed
 from streams.fake.exchange import FakeExchange
 from streams.fake.proxy import tcp_proxy
@@ -386,3 +387,16 @@ async def test_ids_that_go_back_are_counted_kept_for_the_audit_and_not_handed_on
         assert [t.trade_id for t in stream.regressions] == [t.trade_id for t in ex.record("BTCUSDT")[18:30]]
     went_back = [r for r in caplog.records if "trade id went back" in r.getMessage()]
     assert len(went_back) == 1  # the first of the run, not one line per trade
+
+
+def test_the_lag_is_never_negative_when_the_clocks_disagree_by_a_millisecond() -> None:
+    # Seen as "lag -1 ms" on the status page: this host's clock a little behind the exchange's.
+    client = StreamClient(ClientConfig.for_streams("ws://127.0.0.1:9", "http://127.0.0.1:9", [("BTCUSDT", TRADE)]))
+    stream = client.streams[("BTCUSDT", TRADE)]
+    event_ms = 1_700_000_000_123
+    for received_us, event_ts, lag in [(event_ms * 1000 - 800, event_ms, 0),             # 0.8 ms "before" it
+                                       (event_ms * 1000 + 2_500, event_ms, 2),           # 2.5 ms after
+                                       (event_ms * 1000 - 5, event_ms * 1000 + 400, 0)]:  # µs event times
+        trade = Trade("BTCUSDT", TRADE, 1, "1.0", "1.0", event_ts, event_ts, False, received_us=received_us)
+        client.on_trade(None, Role.PRIMARY, trade)  # type: ignore[arg-type]  # the slot is not looked at
+        assert stream.lag_ms == lag and client.lag_ms(("BTCUSDT", TRADE)) == lag
