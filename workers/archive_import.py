@@ -47,7 +47,7 @@ from streams.archive import (
     tally_days,
     trades_from_lines,
 )
-from streams.binance.backoff import Backoff
+from streams.binance.backoff import RETRY
 from streams.binance.errors import ExchangeUnavailable, RestError, retry_delay
 from streams.binance.protocol import TRADE, Trade
 from streams.binance.sequence import Gap
@@ -216,7 +216,7 @@ class ArchiveImporter:
     @contextlib.contextmanager
     def _get(self, url: str) -> Iterator[httpx.Response]:
         """A 200 or 404 response (its body streamed), after retries of network errors and 5xx."""
-        backoff = Backoff(0.5, 8.0, attempts=5)
+        backoff = RETRY["archive download"].backoff()
         while True:
             try:
                 response = self._http.send(self._http.build_request("GET", url), stream=True)

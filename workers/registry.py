@@ -22,6 +22,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
+from streams.binance.backoff import RETRY
 from streams.binance.protocol import normalize_channel, normalize_symbol
 from streams.binance.rest import BinanceRest
 from workers.keys import stream_id
@@ -94,7 +95,7 @@ def validate_symbol(symbol: str) -> str:
 
 async def _check_symbol(symbol: str) -> None:
     # A person waits for this answer: short timeouts, one retry, and no long wait on a 429.
-    async with BinanceRest(settings.BINANCE_REST_URL, timeout=VALIDATE_TIMEOUT, retries=1,
+    async with BinanceRest(settings.BINANCE_REST_URL, timeout=VALIDATE_TIMEOUT, retry=RETRY["symbol check"],
                            max_wait=VALIDATE_TIMEOUT) as rest:
         await rest.symbol_info(symbol)
 

@@ -34,7 +34,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 
-from streams.binance.backoff import Backoff
+from streams.binance.backoff import RETRY
 from streams.binance.client import StreamClient
 from streams.binance.logcontext import stream_context
 from streams.binance.protocol import Trade, split_stream_name
@@ -333,7 +333,7 @@ class Runtime:
 
     async def _heartbeat(self) -> None:
         interval = settings.COLLECTOR_HEARTBEAT_INTERVAL
-        retry = Backoff(min(0.25, interval), interval)
+        retry = RETRY["lease renewal"].within(interval).backoff()
         delay = interval
         stop = self._generation_stop
         while not stop.is_set():
@@ -635,7 +635,7 @@ class BufferSink:
         self.pending: list[Trade] = []
 
     async def write(self, trades: list[Trade]) -> None:
-        backoff = Backoff(0.05, 2.0)
+        backoff = RETRY["hand-off"].backoff()
         while True:
             try:
                 await append_trades(self._runtime._redis_client(), trades, last_ids=_last_ids(trades))

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.binance.backoff import Backoff
+from streams.binance.backoff import RETRY, Policy
 from streams.binance.connection import ConnectionSettings
 from streams.binance.errors import ConnectionLost, ParseError, StreamError
 from streams.binance.protocol import Trade, normalize_channel, normalize_symbol, stream_name
@@ -42,9 +42,7 @@ class ClientConfig:
     ws_url: str
     rest_url: str
     streams: tuple[StreamKey, ...]
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-    backoff_reset_after: float = 60.0
+    reconnect: Policy = RETRY["reconnect"]
     silence_timeout: float = 10.0
     probe_timeout: float = 5.0
     ping_interval: float | None = 20.0
@@ -53,7 +51,7 @@ class ClientConfig:
     rotate_after: float = 23.5 * 3600  # the exchange cuts every connection at 24 h
     overlap_timeout: float = 5.0       # longest time two connections run side by side
     backfill_max_trades: int = 100_000
-    backfill_retries: int = 5          # REST not yet showing the trades (it lags the stream slightly)
+    backfill_retry: Policy = RETRY["backfill"]  # REST not yet showing the trades (it lags the stream slightly)
     queue_size: int = 10_000
     stop_timeout: float = 3.0          # longest a clean stop may take before connections are aborted
     streams_per_connection: int = 200  # at most 1024 (the exchange's limit)
@@ -356,8 +354,7 @@ class StreamClient:
         if slot is None:
             slot = ConnectionSlot(
                 len(self._slots), self.config.connection_settings(), self,
-                backoff=Backoff(self.config.backoff_base, self.config.backoff_cap, self.config.backoff_reset_after,
-                                self._rng),
+                backoff=self.config.reconnect.backoff(self._rng),
                 before_connect=self._before_connect, spawn=self._tasks.spawn, stopping=self._stopping,
                 rotate_after=self.config.rotate_after, overlap_timeout=self.config.overlap_timeout,
                 sleep=self._sleep, clock=self._clock)
@@ -550,7 +547,7 @@ class StreamClient:
         """Fetch what the stream's sequencer wants, page by page, until it wants nothing more."""
         symbol, channel = stream.key
         name = stream_name(symbol, channel)
-        retries = Backoff(0.2, 5.0, attempts=self.config.backfill_retries, rng=self._rng)
+        retries = self.config.backfill_retry.backoff(self._rng)
         try:
             while (gap := stream.sequencer.wanted) is not None and not self._stopping.is_set():
                 logger.info("%s: gap of %d trades (%d..%d); backfilling from REST", name, gap.size, gap.first,

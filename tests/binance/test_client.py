@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from streams.binance.backoff import RETRY, Policy
 from streams.binance.client import ClientConfig, StreamClient
 from streams.binance.errors import UnknownSymbol
 from streams.binance.protocol import AGG_TRADE, TRADE, Trade
@@ -21,7 +23,7 @@ from streams.fake.exchange import FakeExchange
 from streams.fake.proxy import tcp_proxy
 
 FAST = {
-    "backoff_base": 0.05, "backoff_cap": 0.2, "backoff_reset_after": 5.0,
+    "reconnect": Policy(0.05, 0.2, reset_after=5.0),
     "silence_timeout": 0.4, "probe_timeout": 0.4, "open_timeout": 2.0,
 }
 
@@ -139,7 +141,7 @@ async def test_backoff_grows_and_is_capped_while_the_exchange_is_down() -> None:
     async with exchange() as ex:
         ex.inject("down", duration=None)
         config = ClientConfig.for_streams(ex.ws_url, ex.rest_url, [("BTCUSDT", TRADE)],
-                                          backoff_base=1.0, backoff_cap=16.0)
+                                          reconnect=Policy(1.0, 16.0))
         client = StreamClient(config, sleep=record_sleep, rng=random.Random(2))
         async with client:
             await until(lambda: len(delays) >= 12)
@@ -293,7 +295,7 @@ async def test_a_rest_answer_that_is_not_json_is_retried_like_a_5xx_and_the_gap_
 
 async def test_a_rest_that_never_answers_json_gives_the_gap_up_loudly_and_the_stream_goes_on() -> None:
     async with exchange() as ex:
-        rest = BinanceRest(ex.rest_url, sleep=fast_sleep, retries=2)
+        rest = BinanceRest(ex.rest_url, sleep=fast_sleep, retry=dataclasses.replace(RETRY["rest request"], attempts=2))
         async with client_for(ex, rest=rest) as client:
             await connected(client, ex)
             ex.make_trades("BTCUSDT", 5)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import random
+from pathlib import Path
 
-from streams.binance.backoff import Backoff
+from streams.binance.backoff import RETRY, Backoff
 from streams.binance.errors import (
     ConnectionLost,
     ExchangeUnavailable,
@@ -86,3 +88,26 @@ def test_a_retry_schedule_with_attempts_gives_up_after_them() -> None:
     assert all(d is not None and 0 <= d <= 4.0 for d in delays[:3]) and delays[3] is None
     backoff.reset()
     assert retry_delay(ConnectionLost("x"), backoff, max_wait=60) is not None
+
+
+def test_every_retry_loop_takes_its_schedule_from_the_one_table() -> None:
+    # Eight loops with seven policies was the smell: numbers at call sites. Only the table makes schedules
+    # (and the launcher, whose CLI flags override the table's defaults for its restarts).
+    root = Path(__file__).resolve().parents[2]
+    makers = set()
+    for package in ("streams", "workers", "web", "project", "benchmarks"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Backoff":
+                    makers.add(str(path.relative_to(root)))
+    assert makers == {"streams/binance/backoff.py", "project/launcher/procs.py"}
+
+
+def test_a_policy_makes_fresh_schedules_and_can_be_capped_by_a_shorter_period() -> None:
+    policy = RETRY["backfill"]
+    first, second = policy.backoff(random.Random(1)), policy.backoff(random.Random(1))
+    first.next_delay()
+    assert (first.attempt, second.attempt) == (1, 0) and first.attempts == policy.attempts
+    assert not second.exhausted and all(first.next_delay() <= policy.cap for _ in range(10)) and first.exhausted
+    heartbeat = RETRY["lease renewal"].within(0.1)
+    assert (heartbeat.base, heartbeat.cap) == (0.1, 0.1)

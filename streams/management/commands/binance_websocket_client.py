@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from streams.binance.backoff import RETRY
 from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
 from streams.binance.inputs import seconds, whole_number
 from streams.binance.logcontext import stream_context
@@ -95,7 +96,7 @@ class Command(BaseCommand):
                                f"run again with --resume to backfill them from the exchange")
 
     async def _collect(self, symbol: str, channel: str, options: dict[str, Any]) -> Progress:
-        async with BinanceRest(settings.BINANCE_REST_URL, retries=2) as rest:
+        async with BinanceRest(settings.BINANCE_REST_URL, retry=RETRY["symbol check"]) as rest:
             await rest.validate_symbol(symbol, wait=options["wait_for_exchange"])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
