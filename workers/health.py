@@ -15,7 +15,7 @@ from workers.deadletters import dead_letter_total, recent_dead_letters
 from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, last_failure_key, parse_stream_id
 from workers.listing import not_trading
 from workers.redis import sync_redis
-from workers.status import StreamStatus, all_statuses, is_stale, server_time
+from workers.status import StreamStatus, all_statuses, server_time, shown_state
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def streams_report(dead_letters: int = 10) -> dict[str, Any]:
     streams = []
     for sid in sorted(enabled | set(statuses)):
         status = statuses.get(sid)
-        state = "not running" if status is None else ("stalled" if is_stale(status) else status.state)
+        state = shown_state(status)
         entry: dict[str, Any] = {**(status or StreamStatus(state="")).as_dict(), "stream": sid,
                                  "enabled": sid in enabled, "state": state,
                                  "task_failures": failures.get(sid, 0), "last_failure": _last_failure(sid),

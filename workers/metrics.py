@@ -23,7 +23,7 @@ from workers.buffer import buffer_stats
 from workers.deadletters import DEAD_LETTERS_TOTAL
 from workers.keys import BEAT_SEEN, COUNTED, PERIODIC_ERRORS, counters_key, stream_id
 from workers.redis import sync_redis
-from workers.status import StreamStatus, all_statuses, is_stale
+from workers.status import StreamStatus, all_statuses, shown_state
 
 # Counter field in collector:counters:<sid> (workers.keys.COUNTED, and task_failures) -> (name without _total,
 # help); a field added to COUNTED without an entry here is still exported, as collector_stream_<field>_total.
@@ -51,13 +51,6 @@ STREAM_AGES: dict[str, tuple[str, str, float]] = {
 }
 PERIODIC_TASKS = ("flush", "supervise", "audit", "ensure")  # workers.tasks._periodic names: 0 before any error
 AUDIT_OUTCOMES = ("filled", "unfilled", "replayed", "conflicts", "unchecked")  # trades, by the audit's verdict
-
-
-def stream_state(status: StreamStatus | None) -> str:
-    """The state shown for a stream: the same rule as workers.health.streams_report."""
-    if status is None:
-        return "not running"
-    return "stalled" if is_stale(status) else status.state
 
 
 class StreamsCollector(Collector):
@@ -105,7 +98,7 @@ def _stream_metrics(sids: list[str], enabled: set[str], statuses: dict[str, Stre
     ages = {field: GaugeMetricFamily(name, text, labels=["stream"]) for field, (name, text, _) in STREAM_AGES.items()}
     for sid, raw in zip(sids, counters, strict=True):
         status = statuses.get(sid)
-        shown = stream_state(status)
+        shown = shown_state(status)
         up.add_metric([sid], 1.0 if shown == "connected" else 0.0)
         on.add_metric([sid], 1.0 if sid in enabled else 0.0)
         state.add_metric([sid, shown], 1.0)

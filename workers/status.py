@@ -165,6 +165,18 @@ def all_statuses() -> dict[str, StreamStatus]:
     return {key.decode().rsplit(":", 1)[-1]: decode(raw, now) for key, raw in zip(keys, raws, strict=True) if raw}
 
 
+NOT_RUNNING: Final = "not running"  # enabled, and no task reports it
+STALLED: Final = "stalled"          # a task reports it, but its heartbeat, data or progress is stale
+
+
+def shown_state(status: StreamStatus | None) -> str:
+    """The state every reader shows (status page, API, metrics, live page): NOT_RUNNING without a status,
+    STALLED when it `is_stale`, else what the task reported."""
+    if status is None:
+        return NOT_RUNNING
+    return STALLED if is_stale(status) else status.state
+
+
 def is_stale(status: StreamStatus | None) -> bool:
     """A status nobody renews, a connection that delivers no frame at all, or trades that wait without
     progress, for COLLECTOR_STALE_AFTER (ages as read, on one clock).

@@ -174,3 +174,24 @@ def test_a_scrape_costs_the_same_few_round_trips_for_1500_streams(many_streams: 
     # counters and the rest, two for the buffer: not one request per stream.
     assert trips.count <= 15, trips.count
 
+
+
+@pytest.mark.django_db(transaction=True)  # the live page's reader closes its thread's connection
+def test_the_status_page_the_metrics_and_the_live_page_show_one_state_from_one_rule(
+        clean_redis: None, settings: Any) -> None:
+    # The "stalled / not running" rule was written three times (health, metrics, the live page's state).
+    from web.live.state import streams_state
+    from workers.health import streams_report
+    from workers.status import NOT_RUNNING, STALLED
+
+    settings.COLLECTOR_STALE_AFTER = 5.0
+    for symbol in ("BTCUSDT", "ETHUSDT", "XRPUSDT"):
+        enable_stream(symbol, "trade")
+    report("btcusdt@trade")
+    report("ethusdt@trade", stuck_for=30.0)  # frames arrive, trades wait and nothing is handed on
+    expected = {"btcusdt@trade": "connected", "ethusdt@trade": STALLED, "xrpusdt@trade": NOT_RUNNING}
+    assert {s["stream"]: s["state"] for s in streams_report()["streams"]} == expected
+    assert {s["stream"]: s["state"] for s in streams_state()} == expected
+    scrape = samples()
+    assert all(scrape[("collector_stream_state", frozenset({("stream", sid), ("state", state)}))] == 1.0
+               for sid, state in expected.items())
