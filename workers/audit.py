@@ -34,12 +34,11 @@ from streams.binance.logcontext import stream_context
 from streams.binance.protocol import TRADE, Trade
 from streams.binance.sequence import Gap
 from streams.models import PriceUpdate
-from streams.storage import store_trades
 from workers.archive_import import days_of_gap, import_days
 from workers.budget import shared_rest
-from workers.deadletters import REFUSED, DeadLetter, dead_letter, trade_data
 from workers.keys import ID_REGRESSIONS, PREFIX, stream_id
 from workers.redis import sync_redis
+from workers.store import AUDIT, store_or_dead_letter
 from workers.watermark import walk
 
 logger = logging.getLogger(__name__)
@@ -113,10 +112,7 @@ def _fill_from_archive(symbol: str, gaps: Sequence[Gap]) -> tuple[int, bool]:
 
 def _store(page: list[Trade]) -> int:
     try:
-        result = store_trades(page)
-        dead_letter(sync_redis(), [DeadLetter(REFUSED, r.trade.stream, r.reason, trade_data(r.trade))
-                                   for r in result.refused])
-        return result.inserted
+        return store_or_dead_letter(page, AUDIT).inserted
     finally:
         connection.close()  # a thread of asyncio.to_thread's pool: no connection may linger
 

@@ -40,9 +40,11 @@ class DeadLetter:
     reason: str
     data: str     # the trade as a JSON row, or the raw frame / entry (truncated)
     id: str = ""  # the Redis Stream id: when it was dead-lettered, on the Redis server's clock
+    source: str = ""  # the writer that met it (workers.store), or "" for frames and buffer entries
 
     def fields(self) -> dict[str, str]:
-        return {"kind": self.kind, "stream": self.stream, "reason": self.reason[:500], "data": self.data[:2000]}
+        kept = {"kind": self.kind, "stream": self.stream, "reason": self.reason[:500], "data": self.data[:2000]}
+        return kept | {"source": self.source} if self.source else kept
 
 
 def trade_data(trade: Any) -> str:
@@ -82,7 +84,7 @@ def recent_dead_letters(r: redis.Redis, count: int = 50) -> list[DeadLetter]:
     for entry_id, data in rows:
         fields = {k.decode(): v.decode(errors="replace") for k, v in data.items()}
         letters.append(DeadLetter(*(fields.get(name, "") for name in ("kind", "stream", "reason", "data")),
-                                  id=entry_id.decode()))
+                                  id=entry_id.decode(), source=fields.get("source", "")))
     return letters
 
 

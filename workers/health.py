@@ -16,6 +16,7 @@ from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, last_failure_key,
 from workers.listing import not_trading
 from workers.redis import sync_redis
 from workers.status import StreamStatus, all_statuses, server_time, shown_state
+from workers.store import refused_counts
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def streams_report(dead_letters: int = 10) -> dict[str, Any]:
     return {
         "streams": streams,
         "buffer": buffer_stats(client),
-        "dead_letters": {"total": dead_letter_total(client),
+        "dead_letters": {"total": dead_letter_total(client), "refused_by_writer": refused_counts(client),
                          "recent": [letter.__dict__ for letter in recent_dead_letters(client, dead_letters)]},
         "periodic_errors": {k.decode(): int(v) for k, v in client.hgetall(PERIODIC_ERRORS).items()},
         "generated_at": time.time(),

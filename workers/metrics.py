@@ -24,6 +24,7 @@ from workers.deadletters import DEAD_LETTERS_TOTAL
 from workers.keys import BEAT_SEEN, COUNTED, PERIODIC_ERRORS, counters_key, stream_id
 from workers.redis import sync_redis
 from workers.status import StreamStatus, all_statuses, shown_state
+from workers.store import REFUSED_BY_SOURCE, SOURCES
 
 # Counter field in collector:counters:<sid> (workers.keys.COUNTED, and task_failures) -> (name without _total,
 # help); a field added to COUNTED without an entry here is still exported, as collector_stream_<field>_total.
@@ -69,11 +70,14 @@ class StreamsCollector(Collector):
             pipe.get(DEAD_LETTERS_TOTAL)
             pipe.hgetall(PERIODIC_ERRORS)
             pipe.hgetall(AUDIT_COUNTS)
-            *counters, beat_seen, (seconds, micros), dead_letters, periodic, audit = pipe.execute()
+            pipe.hgetall(REFUSED_BY_SOURCE)
+            *counters, beat_seen, (seconds, micros), dead_letters, periodic, audit, refused = pipe.execute()
         yield from _stream_metrics(sids, enabled, statuses, counters)
         yield from _buffer_metrics(buffer_stats(client))
         yield CounterMetricFamily("collector_dead_letters", "Frames, buffer entries and trades dead-lettered.",
                                   value=float(dead_letters or 0))
+        yield _labelled_counter("collector_trades_refused", "Trades the database refused (dead-lettered), by writer.",
+                                "source", SOURCES, _ints(refused))
         age = math.inf if beat_seen is None else max(0.0, seconds + micros / 1e6 - float(beat_seen))
         yield GaugeMetricFamily("collector_beat_last_tick_age_seconds",
                                 "Seconds since a periodic task last ran (+Inf: never), on Redis's clock.", value=age)

@@ -23,6 +23,7 @@ from streams.binance.supervision import TaskFailed
 from streams.collector import Progress, collect_to_database
 from streams.config import client_config
 from streams.failures import describe
+from workers.store import ONE_OFF, store_for
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class Command(BaseCommand):
         return await collect_to_database(
             client_config([(symbol, channel)]), batch_size=options["batch_size"], limit=options["limit"],
             resume=options["resume"], stop=stop, on_progress=self._show, flush_interval=options["flush_interval"],
+            store=store_for(ONE_OFF),  # what the database refuses is dead-lettered, as every writer's is
         )
 
     def _show(self, progress: Progress) -> None:
