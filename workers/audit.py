@@ -55,7 +55,7 @@ def fill_holes(symbol: str, channel: str, scan: int | None = None) -> tuple[int,
     """One pass over stream (symbol, channel) above its watermark: (holes found, trades stored)."""
     sid = stream_id(symbol, channel)
     with stream_context(sid):
-        result = walk(sid, symbol, channel, scan or settings.COLLECTOR_AUDIT_SCAN, on_holes=_holes_found)
+        result = walk(sid, scan or settings.COLLECTOR_AUDIT_SCAN, on_holes=_holes_found)
     return result.holes, result.stored
 
 
@@ -162,10 +162,10 @@ def audit_enabled_streams() -> dict[str, int]:
     from workers.registry import enabled_streams
 
     total_holes = total_stored = 0
-    for symbol, channel in enabled_streams():
-        found, stored = fill_holes(symbol, channel)
+    for sid in enabled_streams():
+        found, stored = fill_holes(sid.symbol, sid.channel)
         total_holes += found
         total_stored += stored
-        update_coverage(symbol, channel)
+        update_coverage(sid.symbol, sid.channel)
     regressions = check_regressions()
     return {"holes": total_holes, "stored": total_stored, **regressions}

@@ -12,7 +12,7 @@ from django.db import DatabaseError, connection
 
 from workers.buffer import buffer_stats
 from workers.deadletters import dead_letter_total, recent_dead_letters
-from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, last_failure_key, parse_stream_id
+from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, StreamId, last_failure_key
 from workers.listing import not_trading
 from workers.redis import sync_redis
 from workers.status import StreamStatus, all_statuses, server_time, shown_state
@@ -25,22 +25,21 @@ def streams_report(dead_letters: int = 10) -> dict[str, Any]:
     """Every enabled or running stream with its live status ("stalled" when its data, heartbeat or
     progress is stale; "not running" when enabled without a task), failures of its past tasks, the
     buffer, the dead letters and the periodic tasks' transient errors."""
-    from workers.keys import stream_id
     from workers.registry import enabled_streams
 
     client = sync_redis()
     statuses = all_statuses()
-    enabled = {stream_id(s, c) for s, c in enabled_streams()}
+    enabled = set(enabled_streams())
     failures = {k.decode(): int(v) for k, v in client.hgetall(FAILURES).items()}
     listing = not_trading(client)
     streams = []
     for sid in sorted(enabled | set(statuses)):
         status = statuses.get(sid)
         state = shown_state(status)
-        entry: dict[str, Any] = {**(status or StreamStatus(state="")).as_dict(), "stream": sid,
+        entry: dict[str, Any] = {**(status or StreamStatus(state="")).as_dict(), "stream": str(sid),
                                  "enabled": sid in enabled, "state": state,
-                                 "task_failures": failures.get(sid, 0), "last_failure": _last_failure(sid),
-                                 "exchange_status": listing.get(parse_stream_id(sid)[0], "TRADING")}
+                                 "task_failures": failures.get(str(sid), 0), "last_failure": _last_failure(sid),
+                                 "exchange_status": listing.get(sid.symbol, "TRADING")}
         streams.append(entry)
     return {
         "streams": streams,
@@ -52,7 +51,7 @@ def streams_report(dead_letters: int = 10) -> dict[str, Any]:
     }
 
 
-def _last_failure(sid: str) -> str:
+def _last_failure(sid: StreamId) -> str:
     raw = sync_redis().get(last_failure_key(sid))
     return raw.decode(errors="replace") if raw else ""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio
 
-from workers.keys import lease_key
+from workers.keys import StreamId, lease_key
 
 # Renew or release only a lease we still own: a compare-and-set in one step on the server.
 _RENEW = """
@@ -20,7 +20,7 @@ return 0
 class Lease:
     """The lease of stream `sid` for `owner`; `ttl` seconds unless renewed."""
 
-    def __init__(self, client: redis.asyncio.Redis, sid: str, owner: str, ttl: float) -> None:
+    def __init__(self, client: redis.asyncio.Redis, sid: StreamId, owner: str, ttl: float) -> None:
         self.key = lease_key(sid)
         self.owner = owner
         self.ttl_ms = int(ttl * 1000)

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from workers.audit import AUDIT_COUNTS
 from workers.buffer import buffer_stats
 from workers.deadletters import DEAD_LETTERS_TOTAL
-from workers.keys import BEAT_SEEN, COUNTED, PERIODIC_ERRORS, counters_key, stream_id
+from workers.keys import BEAT_SEEN, COUNTED, PERIODIC_ERRORS, StreamId, counters_key
 from workers.redis import sync_redis
 from workers.status import StreamStatus, all_statuses, shown_state
 from workers.store import REFUSED_BY_SOURCE, SOURCES
@@ -58,7 +58,7 @@ class StreamsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         from workers.registry import enabled_streams
 
-        enabled = {stream_id(s, c) for s, c in enabled_streams()}
+        enabled = set(enabled_streams())
         statuses = all_statuses()
         sids = sorted(enabled | set(statuses))
         client = sync_redis()
@@ -91,7 +91,7 @@ class StreamsCollector(Collector):
                                 audit_counts)
 
 
-def _stream_metrics(sids: list[str], enabled: set[str], statuses: dict[str, StreamStatus],
+def _stream_metrics(sids: list[StreamId], enabled: set[StreamId], statuses: dict[StreamId, StreamStatus],
                     counters: list[dict[bytes, bytes]]) -> Iterator[Metric]:
     up = GaugeMetricFamily("collector_stream_up", "1 when the stream is connected and fresh.", labels=["stream"])
     on = GaugeMetricFamily("collector_stream_enabled", "1 when the stream is enabled.", labels=["stream"])
@@ -101,18 +101,18 @@ def _stream_metrics(sids: list[str], enabled: set[str], statuses: dict[str, Stre
                                          labels=["stream"]) for field in (*COUNTED, "task_failures")}
     ages = {field: GaugeMetricFamily(name, text, labels=["stream"]) for field, (name, text, _) in STREAM_AGES.items()}
     for sid, raw in zip(sids, counters, strict=True):
-        status = statuses.get(sid)
+        status, label = statuses.get(sid), str(sid)
         shown = shown_state(status)
-        up.add_metric([sid], 1.0 if shown == "connected" else 0.0)
-        on.add_metric([sid], 1.0 if sid in enabled else 0.0)
-        state.add_metric([sid, shown], 1.0)
+        up.add_metric([label], 1.0 if shown == "connected" else 0.0)
+        on.add_metric([label], 1.0 if sid in enabled else 0.0)
+        state.add_metric([label, shown], 1.0)
         values = _ints(raw)
         for field, total in totals.items():
-            total.add_metric([sid], float(values.get(field, 0)))
+            total.add_metric([label], float(values.get(field, 0)))
         for field, gauge in ages.items():
             value = None if status is None else getattr(status, field)
             if value is not None:
-                gauge.add_metric([sid], float(value) * STREAM_AGES[field][2])
+                gauge.add_metric([label], float(value) * STREAM_AGES[field][2])
     yield from (up, on, state, *totals.values(), *ages.values())
 
 

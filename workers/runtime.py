@@ -22,7 +22,6 @@ import logging
 import re
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from streams.binance.client import StreamClient
 from streams.binance.logcontext import stream_context
 from streams.binance.protocol import Trade, split_stream_name
 from streams.binance.rest import BinanceRest
+from streams.binance.streamid import StreamId, by_stream
 from streams.broadcast import ALL_TRADES_GROUP, Broadcaster
 from streams.config import client_config
 from streams.failures import describe, is_transient
@@ -57,7 +57,6 @@ from workers.keys import (
     lease_key,
     starting_key,
     stop_key,
-    stream_id,
 )
 from workers.leases import Lease
 from workers.redis import async_redis
@@ -136,8 +135,7 @@ class ShutdownSignal:
 class _Handle:
     """One stream task hosted here."""
 
-    sid: str
-    key: tuple[str, str]
+    sid: StreamId
     owner: str
     lease: Lease
     publish: Callable[[StreamStatus], None] | None
@@ -184,10 +182,10 @@ class Runtime:
 
     # --- the Celery task's side (any thread) --------------------------------------------------------
 
-    def run_stream(self, symbol: str, channel: str, *, owner: str,
+    def run_stream(self, sid: StreamId, *, owner: str,
                    publish: Callable[[StreamStatus], None] | None = None) -> Outcome:
-        """Host stream (symbol, channel) until it ends (stop flag, lease lost, shutdown, failure)."""
-        future = asyncio.run_coroutine_threadsafe(self._host(symbol, channel, owner, publish), self._loop)
+        """Host stream `sid` until it ends (stop flag, lease lost, shutdown, failure)."""
+        future = asyncio.run_coroutine_threadsafe(self._host(sid, owner, publish), self._loop)
         return future.result()
 
     def stop_all(self, reason: str) -> None:
@@ -201,9 +199,7 @@ class Runtime:
 
     # --- hosting a stream ---------------------------------------------------------------------------
 
-    async def _host(self, symbol: str, channel: str, owner: str,
-                    publish: Callable[[StreamStatus], None] | None) -> Outcome:
-        sid = stream_id(symbol, channel)
+    async def _host(self, sid: StreamId, owner: str, publish: Callable[[StreamStatus], None] | None) -> Outcome:
         if self._shutdown_signal is not None and self._shutdown_signal.is_set():
             return Outcome("worker shutting down")
         with stream_context(sid):
@@ -215,31 +211,31 @@ class Runtime:
                     logger.info("another task holds the lease; nothing to do")
                     return Outcome("lease held by another task")
                 await redis_client.delete(starting_key(sid))
-                resume = await self._resume_point(sid, (symbol.upper(), channel))
+                resume = await self._resume_point(sid)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 logger.warning("cannot start: %s; the supervisor will start it again", describe(exc))
                 return Outcome(f"cannot start: {describe(exc)}", failed=True)
-            handle = _Handle(sid, (symbol.upper(), channel), owner, lease, publish)
+            handle = _Handle(sid, owner, lease, publish)
             # The shared parts run outside any one stream's logging context (their lines name streams).
             first = not self.handles
             self.handles[sid] = handle
             client = contextvars.Context().run(self._ensure_client)
             if first:  # the fence runs from the oldest lease not renewed since: only the first one sets it
                 self._fence_confirmed(sent)
-            contextvars.Context().run(client.add, symbol, channel, resume)
+            contextvars.Context().run(client.add, sid, resume)
             logger.info("started by %s, resuming after %s", owner, resume if resume is not None else "nothing stored")
             await self._report(handle, "starting")
             await handle.done.wait()
             logger.info("stopped (%s) after handing %d trades to the buffer", handle.reason, handle.handed)
             return Outcome(handle.reason, handle.handed, self._status(handle), failed=handle.failure is not None)
 
-    async def _resume_point(self, sid: str, key: tuple[str, str]) -> int | None:
+    async def _resume_point(self, sid: StreamId) -> int | None:
         """The newer of the last stored id and the last id handed to the buffer (not flushed yet). With the
         database away, the buffer's id alone (a hole before it is found and filled by the audit)."""
         try:
-            stored = await sync_to_async(_last_stored_then_close, thread_sensitive=False)(key)
+            stored = await sync_to_async(_last_stored_then_close, thread_sensitive=False)(sid)
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -247,7 +243,7 @@ class Runtime:
                            describe(exc))
             stored = {}
         handed = await self._redis_client().get(last_id_key(sid))
-        candidates = [value for value in (stored.get(key), int(handed) if handed else None) if value]
+        candidates = [value for value in (stored.get(sid), int(handed) if handed else None) if value]
         return max(candidates) if candidates else None
 
     def _redis_client(self) -> redis.asyncio.Redis:
@@ -320,11 +316,10 @@ class Runtime:
     def on_handed(self, trades: list[Trade]) -> None:
         """The sink handed `trades` to the buffer: count them per stream, broadcast them."""
         now = time.monotonic()
-        per_stream = Counter(f"{t.symbol.lower()}@{t.channel}" for t in trades)
-        for sid, count in per_stream.items():
+        for sid, handed in by_stream(trades).items():
             handle = self.handles.get(sid)
             if handle is not None:
-                handle.handed += count
+                handle.handed += len(handed)
                 handle.handed_at = now
         if self._broadcaster is not None:
             self._broadcaster.offer(trades)
@@ -439,7 +434,7 @@ class Runtime:
             await dead_letter_async(self._redis_client(), bad)
         rows = []
         for handle in self.handles.values():
-            state = client.streams.get(handle.key)
+            state = client.streams.get(handle.sid)
             if state is not None and state.regressions:
                 rows += [orjson.dumps(tuple(t)) for t in state.regressions]
                 state.regressions.clear()
@@ -452,7 +447,7 @@ class Runtime:
     def _status(self, handle: _Handle, state: str | None = None) -> StreamStatus:
         client = self.client
         now = time.monotonic()
-        stream = client.streams.get(handle.key) if client is not None else None
+        stream = client.streams.get(handle.sid) if client is not None else None
         if client is None or stream is None:
             return StreamStatus(state=state or ("stopped" if handle.stopping else "starting"), worker=handle.owner,
                                 trades=handle.handed, errors=handle.errors + self._errors,
@@ -462,10 +457,10 @@ class Runtime:
         if slot is not None and slot.primary is not None:
             frame_age = round(now - slot.primary.last_frame_at, 3)
         waiting = bool(self._sink and self._sink.pending_for(handle.sid)) or client.backlogged
-        stuck = max(client.stuck_for(handle.key), now - handle.handed_at if waiting else 0.0)
-        connected_at = client.connected_at_of(handle.key)
+        stuck = max(client.stuck_for(handle.sid), now - handle.handed_at if waiting else 0.0)
+        connected_at = client.connected_at_of(handle.sid)
         return StreamStatus(
-            state=state or ("waiting for buffer room" if self._buffer_full else client.state_of(handle.key)),
+            state=state or ("waiting for buffer room" if self._buffer_full else client.state_of(handle.sid)),
             worker=handle.owner,
             connected_for=None if connected_at is None else round(now - connected_at, 3),
             last_frame_age=frame_age,
@@ -474,7 +469,7 @@ class Runtime:
             trades=handle.handed,
             trades_per_s=round(handle.handed / max(now - handle.started, 1e-9), 2),
             messages=slot.frames if slot is not None else 0,
-            reconnects=client.reconnects_of(handle.key),
+            reconnects=client.reconnects_of(handle.sid),
             gaps_found=stream.gaps_found,
             gaps_healed=stream.gaps_healed,
             missed=stream.missed,
@@ -530,8 +525,8 @@ class Runtime:
             logger.info("stopping: %s", reason)
         client = self.client
         if client is not None and self._sink is not None:
-            self._sink.keep(client.take_stream(handle.key))
-            client.remove(*handle.key)
+            self._sink.keep(client.take_stream(handle.sid))
+            client.remove(handle.sid)
         self._keep(self._finish(handle, self._runner), f"finish {handle.sid}")
 
     def _keep(self, coro: Any, name: str) -> None:
@@ -564,7 +559,7 @@ class Runtime:
         assert handle.failure is not None
         with contextlib.suppress(Exception):  # the failure is logged already; Redis may be what failed
             async with asyncio.timeout(FINAL_REDIS), self._redis_client().pipeline(transaction=False) as pipe:
-                pipe.hincrby(FAILURES, handle.sid, 1)
+                pipe.hincrby(FAILURES, str(handle.sid), 1)
                 pipe.hincrby(counters_key(handle.sid), "task_failures", 1)
                 pipe.set(last_failure_key(handle.sid),
                          orjson.dumps({"error": describe(handle.failure), "owner": handle.owner}))
@@ -657,14 +652,14 @@ class BufferSink:
     def keep(self, trades: list[Trade]) -> None:
         self.pending += trades
 
-    def drop(self, sid: str) -> int:
+    def drop(self, sid: StreamId) -> int:
         """Forget the kept trades of one stream (its resume point was not moved past them)."""
-        kept = [t for t in self.pending if f"{t.symbol.lower()}@{t.channel}" != sid]
+        kept = [t for t in self.pending if not sid.owns(t)]
         dropped, self.pending = len(self.pending) - len(kept), kept
         return dropped
 
-    def pending_for(self, sid: str) -> bool:
-        return any(f"{t.symbol.lower()}@{t.channel}" == sid for t in self.pending)
+    def pending_for(self, sid: StreamId) -> bool:
+        return any(sid.owns(t) for t in self.pending)
 
     async def close(self, timeout: float) -> int:
         if not self.pending:
@@ -756,10 +751,7 @@ class _Fence:
 
 def _last_ids(trades: list[Trade]) -> dict[str, int]:
     """The last id of each stream in a batch (trades of a stream come in id order)."""
-    last: dict[str, int] = {}
-    for trade in trades:
-        last[last_id_key(f"{trade.symbol.lower()}@{trade.channel}")] = trade.trade_id
-    return last
+    return {last_id_key(sid): handed[-1].trade_id for sid, handed in by_stream(trades).items()}
 
 
 def _stream_of(frame: str) -> str:
@@ -773,10 +765,10 @@ def _stream_of(frame: str) -> str:
     return match[1]
 
 
-def _last_stored_then_close(key: tuple[str, str]) -> dict[tuple[str, str], int]:
+def _last_stored_then_close(sid: StreamId) -> dict[StreamId, int]:
     """The last stored id, on a short-lived executor thread whose connection must not linger."""
     try:
-        return last_stored_ids([key])
+        return last_stored_ids([sid])
     finally:
         connection.close()
 

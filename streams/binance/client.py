@@ -22,16 +22,16 @@ from typing import Any
 from streams.binance.backoff import RETRY, Policy
 from streams.binance.connection import ConnectionSettings
 from streams.binance.errors import ConnectionLost, ParseError, StreamError
-from streams.binance.protocol import Trade, normalize_channel, normalize_symbol, stream_name
+from streams.binance.protocol import Trade
 from streams.binance.rest import BinanceRest
 from streams.binance.sequence import Gap
 from streams.binance.sequencer import Role, Sequencer
 from streams.binance.slot import ConnectionSlot
+from streams.binance.streamid import StreamId, stream_id
 from streams.binance.supervision import Supervisor, TaskFailed
 
 logger = logging.getLogger(__name__)
 
-StreamKey = tuple[str, str]  # (SYMBOL, channel)
 _MICROSECONDS = 10**14  # exchange timestamps at or above this are microseconds
 
 
@@ -41,7 +41,7 @@ class ClientConfig:
 
     ws_url: str
     rest_url: str
-    streams: tuple[StreamKey, ...]
+    streams: tuple[StreamId, ...]
     reconnect: Policy = RETRY["reconnect"]
     silence_timeout: float = 10.0
     probe_timeout: float = 5.0
@@ -58,10 +58,11 @@ class ClientConfig:
     micros: bool = False               # timeUnit=MICROSECOND on streams, X-MBX-TIME-UNIT on REST
 
     @classmethod
-    def for_streams(cls, ws_url: str, rest_url: str, streams: Iterable[tuple[str, str]], **tunables: Any
-                    ) -> ClientConfig:
-        keys = tuple((normalize_symbol(s), normalize_channel(c)) for s, c in streams)
-        return cls(ws_url=ws_url, rest_url=rest_url, streams=keys, **tunables)
+    def for_streams(cls, ws_url: str, rest_url: str, streams: Iterable[StreamId | tuple[str, str]],
+                    **tunables: Any) -> ClientConfig:
+        """A config for `streams`: stream ids, or (symbol, channel) as a person gives them (any case)."""
+        ids = tuple(s if isinstance(s, StreamId) else stream_id(*s) for s in streams)
+        return cls(ws_url=ws_url, rest_url=rest_url, streams=ids, **tunables)
 
     def connection_settings(self) -> ConnectionSettings:
         return ConnectionSettings(
@@ -75,7 +76,7 @@ class ClientConfig:
 class StreamState:
     """One (symbol, channel) stream: its sequencer, where it lives, and what was seen of it."""
 
-    key: StreamKey
+    key: StreamId
     sequencer: Sequencer
     slot: ConnectionSlot | None = None
     last_event_ts: int = 0
@@ -197,7 +198,7 @@ class StreamClient:
         self,
         config: ClientConfig,
         *,
-        resume: Mapping[StreamKey, int] | None = None,
+        resume: Mapping[StreamId, int] | None = None,
         rest: BinanceRest | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -207,14 +208,16 @@ class StreamClient:
         self.config = config
         self._slots: list[ConnectionSlot] = []
         self.stats = ClientStats(self._slots)
-        self.streams: dict[StreamKey, StreamState] = {}
+        self.streams: dict[StreamId, StreamState] = {}
+        # The same streams by what a trade carries: the per-trade lookup builds no StreamId.
+        self._routes: dict[tuple[str, str], StreamState] = {}
         self._rest = rest or BinanceRest(config.rest_url, micros=config.micros)
         self._owns_rest = rest is None
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
         self._before_connect = before_connect
-        self._ready_streams: dict[StreamKey, StreamState] = {}   # streams with trades to hand on (ordered)
+        self._ready_streams: dict[StreamId, StreamState] = {}   # streams with trades to hand on (ordered)
         self._ready_count = 0
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -304,9 +307,8 @@ class StreamClient:
 
     # --- streams while running --------------------------------------------------------------------
 
-    def add(self, symbol: str, channel: str, resume: int | None = None) -> StreamState:
+    def add(self, key: StreamId, resume: int | None = None) -> StreamState:
         """Collect one more stream (SUBSCRIBE on a connection with room, or a new connection)."""
-        key = (normalize_symbol(symbol), normalize_channel(channel))
         if key in self.streams:
             return self.streams[key]
         stream = self._register(key, resume)
@@ -316,13 +318,13 @@ class StreamClient:
                 self._check_resume(stream)
         return stream
 
-    def remove(self, symbol: str, channel: str) -> None:
+    def remove(self, key: StreamId) -> None:
         """Stop collecting a stream (UNSUBSCRIBE; its connection closes when it carried nothing else).
         Trades of it already taken stay with the consumer; those not taken yet are dropped."""
-        key = (normalize_symbol(symbol), normalize_channel(channel))
         stream = self.streams.pop(key, None)
         if stream is None:
             return
+        del self._routes[key.route]
         if stream.backfill is not None:
             stream.backfill.cancel()
         self._ready_count -= stream.counted_ready
@@ -331,20 +333,20 @@ class StreamClient:
         if stream.slot is not None:
             stream.slot.remove({key})
 
-    async def subscribe(self, symbol: str, channel: str, timeout: float = 10.0) -> None:
+    async def subscribe(self, key: StreamId, timeout: float = 10.0) -> None:
         """`add`, then wait (up to `timeout` s) until a connection carries the stream."""
-        stream = self.add(symbol, channel)
+        stream = self.add(key)
         if stream.slot is not None:
             await asyncio.wait_for(stream.slot.synced.wait(), timeout)
 
-    async def unsubscribe(self, symbol: str, channel: str) -> None:
-        self.remove(symbol, channel)
+    async def unsubscribe(self, key: StreamId) -> None:
+        self.remove(key)
 
-    def _register(self, key: StreamKey, resume: int | None) -> StreamState:
+    def _register(self, key: StreamId, resume: int | None) -> StreamState:
         sequencer = Sequencer(last_id=resume, hold_limit=self.config.queue_size,
                               backfill_max=self.config.backfill_max_trades)
         stream = StreamState(key, sequencer)
-        self.streams[key] = stream
+        self.streams[key] = self._routes[key.route] = stream
         return stream
 
     def _place(self, stream: StreamState) -> None:
@@ -402,7 +404,7 @@ class StreamClient:
             self._room.set()
         return batch
 
-    def take_stream(self, key: StreamKey) -> list[Trade]:
+    def take_stream(self, key: StreamId) -> list[Trade]:
         """The ready trades of one stream (before it is removed: what was read is handed on)."""
         stream = self.streams.get(key)
         if stream is None:
@@ -444,7 +446,7 @@ class StreamClient:
         """When the connection in use opened (the client's clock), for a client of one connection."""
         return self._slots[0].connected_at if len(self._slots) == 1 else None
 
-    def state_of(self, key: StreamKey) -> str:
+    def state_of(self, key: StreamId) -> str:
         stream = self.streams.get(key)
         if self._done or self._fatal is not None:
             return self.stats.state
@@ -452,19 +454,19 @@ class StreamClient:
             return "starting"
         return stream.slot.state
 
-    def connected_at_of(self, key: StreamKey) -> float | None:
+    def connected_at_of(self, key: StreamId) -> float | None:
         stream = self.streams.get(key)
         return None if stream is None or stream.slot is None else stream.slot.connected_at
 
-    def reconnects_of(self, key: StreamKey) -> int:
+    def reconnects_of(self, key: StreamId) -> int:
         stream = self.streams.get(key)
         return 0 if stream is None or stream.slot is None else stream.slot.reconnects
 
-    def lag_ms(self, key: StreamKey) -> int | None:
+    def lag_ms(self, key: StreamId) -> int | None:
         stream = self.streams.get(key)
         return None if stream is None else stream.lag_ms
 
-    def stuck_for(self, key: StreamKey) -> float:
+    def stuck_for(self, key: StreamId) -> float:
         """Seconds that live trades of `key` have been held without any trade being handed on since
         (0 when nothing is held): a backfill that makes no progress must not look healthy."""
         stream = self.streams.get(key)
@@ -476,7 +478,7 @@ class StreamClient:
     # --- the connections' side (SlotSink) -----------------------------------------------------------
 
     def on_trade(self, slot: ConnectionSlot, role: Role, trade: Trade) -> None:
-        stream = self.streams.get((trade.symbol, trade.channel))
+        stream = self._routes.get((trade.symbol, trade.channel))  # its StreamId's `route`
         if stream is None:
             return  # unsubscribed while frames were in flight
         now = self._clock()
@@ -529,24 +531,24 @@ class StreamClient:
             stream.held_since = None
         if not sequencer.has_news:
             if sequencer.wanted is not None and stream.backfill is None:
-                stream.backfill = self._tasks.spawn(self._backfill(stream), f"backfill {stream_name(*stream.key)}")
+                stream.backfill = self._tasks.spawn(self._backfill(stream), f"backfill {stream.key}")
             return
         for trade_id, last in sequencer.went_back():
             logger.warning("%s: trade id went back: %d arrived after %d (a replayed stream or an exchange reset); "
-                           "not stored again, kept for the audit (%d so far)", stream_name(*stream.key), trade_id,
+                           "not stored again, kept for the audit (%d so far)", stream.key, trade_id,
                            last, sequencer.counters.ids_back)
         for gap, why in sequencer.losses():
-            logger.error("%s: %d trades (%d..%d) not recovered: %s", stream_name(*stream.key), gap.size, gap.first,
+            logger.error("%s: %d trades (%d..%d) not recovered: %s", stream.key, gap.size, gap.first,
                          gap.last, why)
         if sequencer.wanted is not None and stream.backfill is None:
-            stream.backfill = self._tasks.spawn(self._backfill(stream), f"backfill {stream_name(*stream.key)}")
+            stream.backfill = self._tasks.spawn(self._backfill(stream), f"backfill {stream.key}")
 
     # --- backfill ---------------------------------------------------------------------------------------
 
     async def _backfill(self, stream: StreamState) -> None:
         """Fetch what the stream's sequencer wants, page by page, until it wants nothing more."""
-        symbol, channel = stream.key
-        name = stream_name(symbol, channel)
+        key = stream.key
+        name = str(key)
         retries = self.config.backfill_retry.backoff(self._rng)
         try:
             while (gap := stream.sequencer.wanted) is not None and not self._stopping.is_set():
@@ -554,7 +556,7 @@ class StreamClient:
                             gap.last)
                 before = stream.sequencer.last_id
                 try:
-                    async for page in self._rest.pages(symbol, channel, gap):
+                    async for page in self._rest.pages(key.symbol, key.channel, gap):
                         stream.sequencer.page(page)
                         self._after(stream)
                         await self.wait_for_room()
@@ -578,15 +580,15 @@ class StreamClient:
     def _check_resume(self, stream: StreamState) -> None:
         """A resumed stream: refuse a resume point ahead of the exchange (stored data from another
         exchange), and catch a quiet stream up to the newest trade without waiting for a live one."""
-        self._tasks.spawn(self._resume_check(stream), f"resume check {stream_name(*stream.key)}")
+        self._tasks.spawn(self._resume_check(stream), f"resume check {stream.key}")
 
     async def _resume_check(self, stream: StreamState) -> None:
-        symbol, channel = stream.key
+        key = stream.key
         try:
-            latest = await self._rest.latest_trade_id(symbol, channel)
+            latest = await self._rest.latest_trade_id(key.symbol, key.channel)
         except StreamError as exc:
             logger.warning("%s: cannot ask the exchange for its newest trade (%s); the next live trade shows "
-                           "what is missing", stream_name(symbol, channel), exc)
+                           "what is missing", key, exc)
             return
         resumed = stream.sequencer.last_id
         if latest is None or resumed is None or self.streams.get(stream.key) is not stream:
@@ -596,8 +598,7 @@ class StreamClient:
             # mainnet, a fake exchange). Every live trade would look like one going back; start from the
             # live stream instead, and say so loudly.
             logger.error("%s: resume point %d is ahead of the exchange's newest trade %d; the stored trades "
-                         "come from another exchange. Starting from the live stream.", stream_name(symbol, channel),
-                         resumed, latest)
+                         "come from another exchange. Starting from the live stream.", key, resumed, latest)
             stream.sequencer.reset("resume point ahead of the exchange")
             stream.resume_rejected = True
         else:

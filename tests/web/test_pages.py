@@ -12,6 +12,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from streams.binance.protocol import TRADE, Trade
+from streams.binance.streamid import StreamId
 from streams.models import PriceUpdate
 from streams.storage import store_trades
 from workers.keys import status_key
@@ -72,7 +73,7 @@ def test_a_stored_row_turns_back_into_the_same_trade() -> None:
 
 def test_the_status_page_lists_the_streams_and_their_state(clean_redis: None) -> None:
     enable_stream("BTCUSDT", TRADE)
-    sync_redis().hset(status_key("btcusdt@trade"), mapping={
+    sync_redis().hset(status_key(StreamId.parse("btcusdt@trade")), mapping={
         "state": "connected", "worker": "w1", "updated_at": str(time.time()), "last_frame_at": str(time.time())})
     client = Client()  # the status page is for staff (issue 11)
     client.force_login(User.objects.create_user("ops", is_staff=True))

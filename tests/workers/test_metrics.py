@@ -14,6 +14,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.binance.protocol import TRADE, Trade
+from streams.binance.streamid import StreamId
 from workers.audit import AUDIT_COUNTS
 from workers.buffer import append_trades
 from workers.deadletters import DEAD_LETTERS_TOTAL
@@ -41,14 +42,14 @@ def report(sid: str, **fields: Any) -> None:
     values: dict[str, Any] = {"state": "connected", "worker": "w1", "last_frame_age": 0.1, "trades": 42,
                               "lag_ms": 1500, "connected_for": 30.0}
     values.update(fields)
-    write_status_now(sync_redis(), sid, StreamStatus(**values), ttl=60)
+    write_status_now(sync_redis(), StreamId.parse(sid), StreamStatus(**values), ttl=60)
 
 
 def count(sid: str, **deltas: int) -> None:
     """What a stream task's heartbeat does (workers.runtime: counters): add to the stream's counters."""
     with sync_redis().pipeline(transaction=False) as pipe:
         for name, delta in deltas.items():
-            pipe.hincrby(counters_key(sid), name, delta)
+            pipe.hincrby(counters_key(StreamId.parse(sid)), name, delta)
         pipe.execute()
 
 

@@ -25,13 +25,12 @@ def streams_state() -> list[dict[str, Any]]:
 
     The state is `workers.status.shown_state`'s, as everywhere: "not running" when enabled without a task,
     "stalled" when its heartbeat, data or progress is stale."""
-    from workers.keys import parse_stream_id, stream_id
     from workers.registry import enabled_streams
     from workers.status import all_statuses, shown_state
 
     close_old_connections()  # long-lived thread: a connection past its age is replaced
     try:
-        enabled = {stream_id(s, c) for s, c in enabled_streams()}
+        enabled = set(enabled_streams())
     finally:
         close_old_connections()
     statuses = all_statuses()
@@ -39,7 +38,7 @@ def streams_state() -> list[dict[str, Any]]:
     for sid in sorted(enabled | set(statuses)):
         status = statuses.get(sid)
         state = shown_state(status)
-        streams.append({"stream": sid, "symbol": parse_stream_id(sid)[0], "state": state,
+        streams.append({"stream": str(sid), "symbol": sid.symbol, "state": state,
                         "trades_per_s": round(status.trades_per_s, 1) if status else 0.0,
                         "lag_ms": status.lag_ms if status else None,
                         "last_trade_age": status.last_trade_age if status else None})

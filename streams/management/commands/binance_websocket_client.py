@@ -131,7 +131,7 @@ class Command(BaseCommand):
 
 
 def _summary(symbol: str, channel: str, p: Progress) -> str:
-    return (f"{symbol.lower()}@{channel}: stored {p.stored:,} trades in {p.elapsed:.1f} s "
+    return (f"{stream_name(symbol, channel)}: stored {p.stored:,} trades in {p.elapsed:.1f} s "
             f"({p.duplicates} duplicates skipped, {p.rejected} rejected); reconnects {p.reconnects}, "
             f"gaps found {p.gaps_found}, healed {p.gaps_healed}, trades missed {p.missed}, "
             f"parse errors {p.parse_errors}, database errors {p.db_errors}, broadcast drops {p.broadcast_dropped}")
