@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from streams.binance.protocol import TRADE, Trade
 from streams.binance.sequence import Gap
-from streams.binance.sequencer import Role, Sequencer
+from streams.binance.sequencer import NOTHING, ONE_READY, Change, Role, Sequencer
 
 BASE = 1_000
 
@@ -189,10 +189,10 @@ def test_a_gap_rest_cannot_fill_is_given_up_loudly_and_the_held_trades_go_on() -
     sequencer = Sequencer(last_id=BASE)
     sequencer.live(trade(BASE + 5))
     sequencer.live(trade(BASE + 6))
-    sequencer.give_up("REST answered 503 five times")
+    change = sequencer.give_up("REST answered 503 five times")
     assert [t.trade_id for t in sequencer.take()] == [BASE + 5, BASE + 6]
-    assert sequencer.counters.missed == 4 and sequencer.losses() == [(Gap(BASE + 1, BASE + 4),
-                                                                       "REST answered 503 five times")]
+    assert sequencer.counters.missed == 4 and change == Change(
+        ready=2, losses=((Gap(BASE + 1, BASE + 4), "REST answered 503 five times"),))
 
 
 def test_the_backfill_window_keeps_the_newest_ids() -> None:
@@ -254,3 +254,17 @@ def test_live_trades_that_rest_fetched_first_are_overlap_not_ids_back() -> None:
         sequencer.live(trade(BASE + i))
     assert [t.trade_id for t in sequencer.take()] == [BASE + i for i in range(1, 8)]
     assert sequencer.counters.ids_back == 0 and sequencer.counters.duplicates == 3
+
+
+def test_each_input_says_what_it_changed_for_the_driver_to_act_on() -> None:
+    sequencer = Sequencer(last_id=BASE)
+    assert sequencer.live(trade(BASE)) is NOTHING        # overlap with the resume point: nothing to do
+    assert sequencer.live(trade(BASE + 1)) is ONE_READY  # the common case costs no allocation
+    assert sequencer.live(trade(BASE + 5)) == Change(holding=True, wanted=Gap(BASE + 2, BASE + 4))
+    assert sequencer.live(trade(BASE + 6)) == Change(holding=True, wanted=Gap(BASE + 2, BASE + 4))
+    assert sequencer.page([trade(BASE + 2), trade(BASE + 3)]) == Change(ready=2, holding=True,
+                                                                         wanted=Gap(BASE + 4, BASE + 4))
+    assert sequencer.page([trade(BASE + 4)]) == Change(ready=3)  # the gap healed: the held trades go on
+    assert sequencer.live(trade(BASE + 3)) == Change(went_back=((BASE + 3, BASE + 6),))  # logged once per run
+    assert sequencer.live(trade(BASE + 4)) is NOTHING
+    assert len(sequencer.take()) == 6 and sequencer.counters.ids_back == 2
