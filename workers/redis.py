@@ -25,3 +25,9 @@ def async_redis(max_connections: int | None = None) -> redis.asyncio.Redis:
         settings.REDIS_URL, max_connections=max_connections, timeout=30, health_check_interval=30,
         socket_connect_timeout=5, socket_timeout=10)
     return redis.asyncio.Redis(connection_pool=pool)
+
+
+def text(raw: bytes | str, errors: str = "strict") -> str:
+    """A reply as text. The clients here return bytes (no decode_responses), which redis-py's types widen to
+    bytes | str."""
+    return raw.decode(errors=errors) if isinstance(raw, bytes) else raw
