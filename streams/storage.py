@@ -294,7 +294,7 @@ def _after(event: int, us: int, received: int | None, null: Any) -> tuple[Any, A
     return event_time, _timestamp_text(received), event_after, null
 
 
-def _values(t: Trade, us: int, ids: dict[tuple[str, str], int]) -> tuple[object, ...]:
+def _values(t: Trade, us: int, ids: dict[tuple[str, str], int]) -> tuple[Any, ...]:
     event_time, received_time, event_after, received_after = _after(_micros(t.event_ts) - us, us, t.received_us, None)
     return (_timestamp_text(us), t.trade_id, t.first_trade_id, t.last_trade_id, event_time, received_time,
             event_after, received_after, ids[(t.symbol, t.channel)], t.is_buyer_maker, t.price_text,

@@ -37,7 +37,7 @@ from streams.models import PriceUpdate
 from workers.archive_import import days_of_gap, import_days
 from workers.budget import shared_rest
 from workers.keys import ID_REGRESSIONS, PREFIX, stream_id
-from workers.redis import sync_redis
+from workers.redis import sync_redis, text
 from workers.store import AUDIT, store_or_dead_letter
 from workers.watermark import walk
 
@@ -120,7 +120,7 @@ def _store(page: list[Trade]) -> int:
 def check_regressions(limit: int = _REGRESSIONS_PER_PASS) -> dict[str, int]:
     """Compare trades whose id went back with what is stored: a replay (identical) or a conflict."""
     client = sync_redis()
-    rows = client.rpop(ID_REGRESSIONS, limit) or []
+    rows: list[bytes] = client.rpop(ID_REGRESSIONS, limit) or []  # type: ignore[assignment]  # a list with a count
     counts = {"replayed": 0, "conflicts": 0, "unchecked": 0}
     for raw in rows:
         trade = Trade(*orjson.loads(raw))
@@ -153,7 +153,7 @@ def _count(**counts: int) -> None:
 
 
 def audit_counts() -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in sync_redis().hgetall(AUDIT_COUNTS).items()}
+    return {text(k): int(v) for k, v in sync_redis().hgetall(AUDIT_COUNTS).items()}
 
 
 def audit_enabled_streams() -> dict[str, int]:

@@ -25,8 +25,8 @@ from typing import Any, Final
 import orjson
 import redis
 import redis.asyncio
-from django.conf import settings  # type: ignore[import-untyped]
-from django.db import DEFAULT_DB_ALIAS  # type: ignore[import-untyped]
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS
 
 from streams.binance.errors import ParseError
 from streams.binance.protocol import Trade, validate_trade

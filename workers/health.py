@@ -14,7 +14,7 @@ from workers.buffer import buffer_stats
 from workers.deadletters import dead_letter_total, recent_dead_letters
 from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, StreamId, last_failure_key
 from workers.listing import not_trading
-from workers.redis import sync_redis
+from workers.redis import sync_redis, text
 from workers.status import StreamStatus, all_statuses, server_time, shown_state
 from workers.store import refused_counts
 
@@ -30,7 +30,7 @@ def streams_report(dead_letters: int = 10) -> dict[str, Any]:
     client = sync_redis()
     statuses = all_statuses()
     enabled = set(enabled_streams())
-    failures = {k.decode(): int(v) for k, v in client.hgetall(FAILURES).items()}
+    failures = {text(k): int(v) for k, v in client.hgetall(FAILURES).items()}
     listing = not_trading(client)
     streams = []
     for sid in sorted(enabled | set(statuses)):
@@ -46,14 +46,14 @@ def streams_report(dead_letters: int = 10) -> dict[str, Any]:
         "buffer": buffer_stats(client),
         "dead_letters": {"total": dead_letter_total(client), "refused_by_writer": refused_counts(client),
                          "recent": [letter.__dict__ for letter in recent_dead_letters(client, dead_letters)]},
-        "periodic_errors": {k.decode(): int(v) for k, v in client.hgetall(PERIODIC_ERRORS).items()},
+        "periodic_errors": {text(k): int(v) for k, v in client.hgetall(PERIODIC_ERRORS).items()},
         "generated_at": time.time(),
     }
 
 
 def _last_failure(sid: StreamId) -> str:
     raw = sync_redis().get(last_failure_key(sid))
-    return raw.decode(errors="replace") if raw else ""
+    return text(raw, errors="replace") if raw else ""
 
 
 def health_problems() -> list[str]:
@@ -62,7 +62,7 @@ def health_problems() -> list[str]:
     Open to anyone (load balancers): it says what is down, never hosts, ports, users or the errors'
     text, which go to the log (issue 11)."""
     problems = []
-    beat_seen: bytes | None = None
+    beat_seen: bytes | str | None = None
     now = 0.0
     try:
         client = sync_redis()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 import redis
-from django.db import DEFAULT_DB_ALIAS  # type: ignore[import-untyped]
+from django.db import DEFAULT_DB_ALIAS
 
 from streams.binance.protocol import Trade
 from streams.storage import StoreResult, store_trades

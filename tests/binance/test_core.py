@@ -126,7 +126,7 @@ def test_a_stream_id_is_one_immutable_value_whatever_it_was_made_from() -> None:
     assert {made: 1}[StreamId(symbol="BTCUSDT", channel="trade")] == 1
     assert sorted([stream_id("ETHUSDT", "trade"), made, stream_id("BTCUSDT", "aggTrade")])[0].channel == "aggTrade"
     with pytest.raises(TypeError):
-        StreamId("BTCUSDT", "trade")  # type: ignore[misc]  # by field name only: a field can join it later
+        StreamId("BTCUSDT", "trade")  # type: ignore[call-arg]  # by field name only: a field can join it later
     with pytest.raises(TypeError):
         _symbol, _channel = made  # type: ignore[misc]  # never unpacked as a tuple
     with pytest.raises(dataclasses.FrozenInstanceError):

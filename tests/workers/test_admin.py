@@ -41,8 +41,8 @@ def admin_client_(client: Client) -> Client:
 
 @pytest.fixture
 def live_status() -> Iterator[str]:
-    key = status_key(f"{QUIET.lower()}@trade")
-    write_status_now(sync_redis(), f"{QUIET.lower()}@trade", StreamStatus(
+    key = status_key(stream_id(QUIET, "trade"))
+    write_status_now(sync_redis(), stream_id(QUIET, "trade"), StreamStatus(
         state="connected", trades_per_s=7.25, gaps_healed=3, last_trade_age=100.0, ids_back=4, errors=2,
         last_error="heartbeat: TimeoutError"), ttl=60)
     yield key

@@ -65,14 +65,15 @@ async def test_the_connection_budget_is_never_exceeded_by_many_takers(clean_redi
 
 class Starts:
     def __init__(self) -> None:
-        self.sids: list[str] = []
+        self.sids: list[StreamId] = []
 
-    def __call__(self, sid: str) -> None:
+    def __call__(self, sid: StreamId) -> None:
         self.sids.append(sid)
 
 
 def write_status(**fields: Any) -> None:
-    write_status_now(sync_redis(), SID, StreamStatus(**{"state": "connected", "last_frame_age": 0.0, **fields}), ttl=60)
+    values: dict[str, Any] = {"state": "connected", "last_frame_age": 0.0, **fields}
+    write_status_now(sync_redis(), SID, StreamStatus(**values), ttl=60)
 
 
 def test_a_stream_without_a_task_is_started_once(clean_redis: None, settings: Any) -> None:

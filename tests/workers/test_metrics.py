@@ -14,7 +14,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.binance.protocol import TRADE, Trade
-from streams.binance.streamid import StreamId
+from streams.binance.streamid import StreamId, stream_id
 from workers.audit import AUDIT_COUNTS
 from workers.buffer import append_trades
 from workers.deadletters import DEAD_LETTERS_TOTAL
@@ -159,7 +159,7 @@ def many_streams(clean_redis: None) -> Iterator[int]:
     client = sync_redis()
     with client.pipeline(transaction=False) as pipe:
         for i in range(n):
-            sid = f"s{i:04d}usdt@trade"
+            sid = stream_id(f"S{i:04d}USDT", "trade")
             pipe.hset(status_key(sid), mapping={"state": "connected", "last_frame_age": "0.1", "updated_at": "0"})
             pipe.hincrby(counters_key(sid), "trades", i)
         pipe.execute()

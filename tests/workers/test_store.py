@@ -10,10 +10,11 @@ from decimal import Decimal
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from streams.archive import ArchiveFormatError
 from streams.binance.protocol import TRADE, Trade
 from streams.models import PriceUpdate
 from workers import archive_fill, audit
-from workers.archive_import import ArchiveFormatError, Progress, _Writer
+from workers.archive_import import Progress, _Writer
 from workers.buffer import append_trades, flush_all
 from workers.deadletters import REFUSED, dead_letter_total, recent_dead_letters
 from workers.redis import async_redis, sync_redis

@@ -31,9 +31,10 @@ def exchange_settings(settings, exchange: FakeExchange) -> FakeExchange:
 def live_status() -> Iterator[str]:
     """A status report for zqcmdusdt@trade, as a running stream task writes it."""
     sid = f"{QUIET.lower()}@trade"
-    key = status_key(sid)
-    write_status_now(sync_redis(), sid, StreamStatus(state="connected", worker="w1", trades_per_s=12.5,
-                                                     gaps_healed=2, last_trade_age=100.0), ttl=60)
+    key = status_key(stream_id(QUIET, "trade"))
+    write_status_now(sync_redis(), stream_id(QUIET, "trade"),
+                     StreamStatus(state="connected", worker="w1", trades_per_s=12.5, gaps_healed=2,
+                                  last_trade_age=100.0), ttl=60)
     yield sid
     sync_redis().delete(key)
 
