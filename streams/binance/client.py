@@ -174,7 +174,7 @@ class StreamClient:
         del self._routes[key.route]
         if stream.backfill is not None:
             stream.backfill.cancel()
-        self._ready.take_stream(key)
+        self._ready.take_stream(stream.sequencer)
         if stream.slot is not None:
             stream.slot.remove({key})
 
@@ -247,7 +247,8 @@ class StreamClient:
 
     def take_stream(self, key: StreamId) -> list[Trade]:
         """The ready trades of one stream (before it is removed: what was read is handed on)."""
-        return self._ready.take_stream(key)
+        stream = self.streams.get(key)
+        return [] if stream is None else self._ready.take_stream(stream.sequencer)
 
     @property
     def backlogged(self) -> bool:
@@ -291,7 +292,7 @@ class StreamClient:
         change = stream.sequencer.live(trade, role)
         if change is ONE_READY:  # one more trade to hand on, nothing held, nothing to fetch or to say
             stream.last_progress, stream.held_since = now, None
-            self._ready.added(stream.key, stream.sequencer, 1)
+            self._ready.added(stream.sequencer, 1)
         else:
             self._apply(stream, change, now)
 
@@ -325,7 +326,7 @@ class StreamClient:
         went back and what was lost."""
         now = self._clock() if now is None else now
         if change.ready:
-            self._ready.added(stream.key, stream.sequencer, change.ready)
+            self._ready.added(stream.sequencer, change.ready)
             stream.last_progress = now
         stream.held_since = (stream.held_since or now) if change.holding else None
         for trade_id, last in change.went_back:

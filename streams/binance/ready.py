@@ -13,25 +13,25 @@ import asyncio
 
 from streams.binance.protocol import Trade
 from streams.binance.sequencer import Sequencer
-from streams.binance.streamid import StreamId
 
 
 class ReadyQueue:
-    """`added` when a stream's sequencer has more trades ready; `take` them across streams, oldest first."""
+    """`added` when a stream's sequencer has more trades ready; `take` them across streams, oldest first.
+    A stream is its sequencer here (hashed by identity: cheaper on every trade than a StreamId)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.count = 0  # trades ready, over every stream
-        self._streams: dict[StreamId, Sequencer] = {}  # those with trades ready, in the order they had them
+        self._streams: dict[Sequencer, None] = {}  # the sequencers with trades ready, in the order they had them
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
 
-    def added(self, key: StreamId, sequencer: Sequencer, count: int) -> None:
-        """`count` more trades of stream `key` are ready in its `sequencer` (on every trade: kept short)."""
+    def added(self, sequencer: Sequencer, count: int) -> None:
+        """`count` more trades are ready in a stream's `sequencer` (on every trade: kept short)."""
         self.count += count
-        if key not in self._streams:
-            self._streams[key] = sequencer
+        if sequencer not in self._streams:
+            self._streams[sequencer] = None
         self._ready.set()
 
     def take(self, limit: int) -> list[Trade]:
@@ -39,17 +39,19 @@ class ReadyQueue:
         batch: list[Trade] = []
         streams = self._streams
         while streams and len(batch) < limit:
-            key, sequencer = next(iter(streams.items()))
+            sequencer = next(iter(streams))
             batch += sequencer.take(limit - len(batch))
             if not sequencer.ready:
-                del streams[key]
+                del streams[sequencer]
         self._taken(len(batch))
         return batch
 
-    def take_stream(self, key: StreamId) -> list[Trade]:
+    def take_stream(self, sequencer: Sequencer) -> list[Trade]:
         """Every ready trade of one stream."""
-        sequencer = self._streams.pop(key, None)
-        taken = sequencer.take() if sequencer is not None else []
+        if sequencer not in self._streams:
+            return []
+        del self._streams[sequencer]
+        taken = sequencer.take()
         self._taken(len(taken))
         return taken
 

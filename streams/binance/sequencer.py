@@ -67,7 +67,7 @@ NOTHING: Final = Change()
 ONE_READY: Final = Change(ready=1)  # the common case, one live trade after another: shared, made once
 
 
-@dataclass
+@dataclass(eq=False)  # a state machine: one is itself only (hashed by identity, as the ready queue keys them)
 class Sequencer:
     """Continuity of one stream. `last_id`: the last id handed on (or to resume after), None for none."""
 
