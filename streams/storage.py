@@ -29,6 +29,7 @@ from psycopg.errors import CheckViolation, UniqueViolation
 
 from streams import partitions
 from streams.binance.protocol import Trade, decimal_fits
+from streams.binance.streamid import StreamId
 from streams.failures import Failure, classify, describe
 from streams.models import Instrument, PriceUpdate, StoredTrade, trade_key
 
@@ -129,15 +130,15 @@ def _store(trades: Sequence[Trade], using: str) -> int:
     return store(trades, using)
 
 
-def last_stored_ids(keys: Sequence[tuple[str, str]], using: str = DEFAULT_DB_ALIAS) -> dict[tuple[str, str], int]:
-    """The highest stored trade id per (symbol, channel), for those that have any: on PostgreSQL a walk
-    down the identity index of each partition, one row from each."""
+def last_stored_ids(streams: Sequence[StreamId], using: str = DEFAULT_DB_ALIAS) -> dict[StreamId, int]:
+    """The highest stored trade id per stream, for those that have any: on PostgreSQL a walk down the
+    identity index of each partition, one row from each."""
     found = {}
-    for symbol, channel in keys:
-        top = (PriceUpdate.objects.using(using).filter(ticker_symbol=symbol, channel=channel).order_by("-trade_id")
-               .values_list("trade_id", flat=True).first())
+    for sid in streams:
+        top = (PriceUpdate.objects.using(using).filter(ticker_symbol=sid.symbol, channel=sid.channel)
+               .order_by("-trade_id").values_list("trade_id", flat=True).first())
         if top is not None:
-            found[(symbol, channel)] = top
+            found[sid] = top
     return found
 
 
@@ -293,7 +294,7 @@ def _after(event: int, us: int, received: int | None, null: Any) -> tuple[Any, A
     return event_time, _timestamp_text(received), event_after, null
 
 
-def _values(t: Trade, us: int, ids: dict[tuple[str, str], int]) -> tuple[object, ...]:
+def _values(t: Trade, us: int, ids: dict[tuple[str, str], int]) -> tuple[Any, ...]:
     event_time, received_time, event_after, received_after = _after(_micros(t.event_ts) - us, us, t.received_us, None)
     return (_timestamp_text(us), t.trade_id, t.first_trade_id, t.last_trade_id, event_time, received_time,
             event_after, received_after, ids[(t.symbol, t.channel)], t.is_buyer_maker, t.price_text,

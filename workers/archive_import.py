@@ -47,12 +47,12 @@ from streams.archive import (
     tally_days,
     trades_from_lines,
 )
-from streams.binance.backoff import Backoff
+from streams.binance.backoff import RETRY
 from streams.binance.errors import ExchangeUnavailable, RestError, retry_delay
 from streams.binance.protocol import TRADE, Trade
 from streams.binance.sequence import Gap
-from streams.storage import store_trades
 from workers.models import ArchiveFile, DayCoverage
+from workers.store import ARCHIVE_IMPORT, store_or_dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class ArchiveImporter:
     @contextlib.contextmanager
     def _get(self, url: str) -> Iterator[httpx.Response]:
         """A 200 or 404 response (its body streamed), after retries of network errors and 5xx."""
-        backoff = Backoff(0.5, 8.0, attempts=5)
+        backoff = RETRY["archive download"].backoff()
         while True:
             try:
                 response = self._http.send(self._http.build_request("GET", url), stream=True)
@@ -302,7 +302,7 @@ class _Writer(threading.Thread):
         try:
             while (batch := self._queue.get()) is not None:
                 if self.error is None:
-                    result = store_trades(batch)
+                    result = store_or_dead_letter(batch, ARCHIVE_IMPORT)
                     if result.refused:
                         raise ArchiveFormatError(f"the database refused {len(result.refused)} trades, first "
                                                  f"{result.refused[0].trade.trade_id}: {result.refused[0].reason}")
