@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import resource
 import statistics
 import threading
@@ -98,8 +99,9 @@ class _Streams:
 
     def start(self, symbols: list[str]) -> None:
         for symbol in symbols:
-            thread = threading.Thread(target=self.runtime.run_stream, args=(symbol, TRADE),
-                                      kwargs={"owner": f"bench:{symbol}"}, daemon=True, name=f"bench-{symbol}")
+            sid = stream_id(symbol, TRADE)
+            run = functools.partial(self.runtime.run_stream, sid, owner=f"bench:{sid}")
+            thread = threading.Thread(target=run, daemon=True, name=f"bench-{symbol}")
             thread.start()
             self._threads.append(thread)
 

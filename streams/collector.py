@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from streams.binance.client import ClientConfig, StreamClient
 from streams.binance.protocol import Trade
 from streams.broadcast import ALL_TRADES_GROUP, Broadcaster
 from streams.runner import Runner
-from streams.storage import last_stored_ids
+from streams.storage import StoreResult, last_stored_ids, store_trades
 from streams.writer import TradeWriter
 
 logger = logging.getLogger(__name__)
@@ -63,8 +63,10 @@ async def collect_to_database(
     progress_every: float = 0.5,
     flush_interval: float = 1.0,
     close_timeout: float = 30.0,
+    store: Callable[[Sequence[Trade], str], StoreResult] = store_trades,
 ) -> Progress:
-    """Collect `config.streams` into the database until `limit` trades, `stop`, or a fatal error."""
+    """Collect `config.streams` into the database until `limit` trades, `stop`, or a fatal error. `store`
+    writes each batch (the command's dead-letters what the database refuses)."""
     resume_ids = await sync_to_async(last_stored_ids)(list(config.streams)) if resume else {}
     if resume:
         logger.info("resuming after %s", resume_ids or "nothing stored yet")
@@ -73,7 +75,7 @@ async def collect_to_database(
     async def stored(batch: list[Trade]) -> None:
         broadcaster.offer(batch)
 
-    writer = TradeWriter(batch_size=batch_size, flush_interval=flush_interval, on_stored=stored)
+    writer = TradeWriter(batch_size=batch_size, flush_interval=flush_interval, on_stored=stored, store=store)
     progress = Progress()
     started = time.monotonic()
     client = StreamClient(config, resume=resume_ids)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from django.conf import settings
 
+from streams.binance.backoff import RETRY
 from streams.binance.client import ClientConfig
 
 
@@ -15,9 +17,10 @@ def client_config(streams: Iterable[tuple[str, str]]) -> ClientConfig:
         settings.BINANCE_WS_URL,
         settings.BINANCE_REST_URL,
         streams,
-        backoff_base=settings.BINANCE_BACKOFF_BASE,
-        backoff_cap=settings.BINANCE_BACKOFF_CAP,
-        backoff_reset_after=settings.BINANCE_BACKOFF_RESET_AFTER,
+        # The reconnect policy's defaults (streams.binance.backoff.RETRY), as the settings override them.
+        reconnect=dataclasses.replace(RETRY["reconnect"], base=settings.BINANCE_BACKOFF_BASE,
+                                      cap=settings.BINANCE_BACKOFF_CAP,
+                                      reset_after=settings.BINANCE_BACKOFF_RESET_AFTER),
         silence_timeout=settings.BINANCE_SILENCE_TIMEOUT,
         probe_timeout=settings.BINANCE_PROBE_TIMEOUT,
         rotate_after=settings.BINANCE_ROTATE_AFTER,

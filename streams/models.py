@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db import connections, models
 
-from streams.binance.protocol import AGG_TRADE, TRADE, Trade
+from streams.binance.protocol import AGG_TRADE, TRADE, Trade, stream_text
 
 # Binance quotes every spot price and quantity with 8 decimals; 20 integer digits cover the largest.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -43,7 +43,7 @@ class Instrument(models.Model):
         ordering = ["symbol", "channel"]
 
     def __str__(self) -> str:
-        return f"{self.symbol.lower()}@{self.channel}"
+        return stream_text(self.symbol, self.channel)
 
 
 class StoredTrade(models.Model):

@@ -1,7 +1,7 @@
 """One stream runner, pluggable sinks: trades pumped from a StreamClient into a sink, nothing read ever lost.
 
 The one-off command writes straight into the database (streams.collector's writer sink); the Celery
-streams runtime hands trades to the Redis buffer (workers.runtime's buffer sink). Both pump the same
+streams runtime hands trades to the Redis buffer (workers.handoff's buffer sink). Both pump the same
 way (cryptofeed's backends are the model: one queue-driven base, one small sink per destination):
 batches as they come, the sink applying backpressure while it is full or its store is away, and on a
 stop everything already read is kept by the sink, which writes it within a bound or says what it could

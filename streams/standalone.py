@@ -17,6 +17,7 @@ import sys
 
 import orjson
 
+from streams.binance.backoff import RETRY
 from streams.binance.client import ClientConfig, StreamClient
 from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
 from streams.binance.inputs import HTTP_SCHEMES, WS_SCHEMES, endpoint_url, seconds, whole_number
@@ -79,7 +80,7 @@ def endpoints(environ: dict[str, str]) -> tuple[str, str]:
 
 
 async def collect(args: argparse.Namespace, ws_url: str, rest_url: str) -> int:
-    async with BinanceRest(rest_url, retries=1) as rest:
+    async with BinanceRest(rest_url, retry=RETRY["symbol check"]) as rest:
         await rest.validate_symbol(args.symbol, wait=args.wait_for_exchange)
     config = ClientConfig.for_streams(ws_url, rest_url, [(args.symbol, args.channel)])
     stop = asyncio.Event()

@@ -13,6 +13,7 @@ SQLite: INSERT OR IGNORE into the plain table.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import operator
@@ -29,6 +30,7 @@ from psycopg.errors import CheckViolation, UniqueViolation
 
 from streams import partitions
 from streams.binance.protocol import Trade, decimal_fits
+from streams.binance.streamid import StreamId
 from streams.failures import Failure, classify, describe
 from streams.models import Instrument, PriceUpdate, StoredTrade, trade_key
 
@@ -129,15 +131,15 @@ def _store(trades: Sequence[Trade], using: str) -> int:
     return store(trades, using)
 
 
-def last_stored_ids(keys: Sequence[tuple[str, str]], using: str = DEFAULT_DB_ALIAS) -> dict[tuple[str, str], int]:
-    """The highest stored trade id per (symbol, channel), for those that have any: on PostgreSQL a walk
-    down the identity index of each partition, one row from each."""
+def last_stored_ids(streams: Sequence[StreamId], using: str = DEFAULT_DB_ALIAS) -> dict[StreamId, int]:
+    """The highest stored trade id per stream, for those that have any: on PostgreSQL a walk down the
+    identity index of each partition, one row from each."""
     found = {}
-    for symbol, channel in keys:
-        top = (PriceUpdate.objects.using(using).filter(ticker_symbol=symbol, channel=channel).order_by("-trade_id")
-               .values_list("trade_id", flat=True).first())
+    for sid in streams:
+        top = (PriceUpdate.objects.using(using).filter(ticker_symbol=sid.symbol, channel=sid.channel)
+               .order_by("-trade_id").values_list("trade_id", flat=True).first())
         if top is not None:
-            found[(symbol, channel)] = top
+            found[sid] = top
     return found
 
 
@@ -218,8 +220,10 @@ def _write_postgresql(trades: Sequence[Trade], using: str) -> int:
     ids = instrument_ids(set(map(_KEY, trades)), using)
     times = [ts if ts >= _MICROSECOND_THRESHOLD else ts * 1000 for ts in map(_TRADE_TS, trades)]
     _ensure_partitions(times, using)
-    if len(trades) == 1:  # immediate mode: one statement, its own transaction
-        with connection.cursor() as cursor:
+    if len(trades) == 1:  # immediate mode: one statement, its own transaction; inside a caller's transaction a
+        # savepoint, so that a refused trade (where the bisection of a refused batch ends) does not abort it
+        guard = transaction.atomic(using=using) if connection.in_atomic_block else contextlib.nullcontext()
+        with guard, connection.cursor() as cursor:
             cursor.execute(_SINGLE_INSERT, _values(trades[0], times[0], ids))
             return int(cursor.rowcount)
     try:
@@ -293,7 +297,7 @@ def _after(event: int, us: int, received: int | None, null: Any) -> tuple[Any, A
     return event_time, _timestamp_text(received), event_after, null
 
 
-def _values(t: Trade, us: int, ids: dict[tuple[str, str], int]) -> tuple[object, ...]:
+def _values(t: Trade, us: int, ids: dict[tuple[str, str], int]) -> tuple[Any, ...]:
     event_time, received_time, event_after, received_after = _after(_micros(t.event_ts) - us, us, t.received_us, None)
     return (_timestamp_text(us), t.trade_id, t.first_trade_id, t.last_trade_id, event_time, received_time,
             event_after, received_after, ids[(t.symbol, t.channel)], t.is_buyer_maker, t.price_text,

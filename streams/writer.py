@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
 
-from streams.binance.backoff import Backoff
+from streams.binance.backoff import RETRY, Policy
 from streams.binance.protocol import Trade
 from streams.failures import describe, is_transient
 from streams.storage import StoreResult, store_trades
@@ -55,7 +54,7 @@ class TradeWriter:
 
     def __init__(self, *, batch_size: int | None = None, flush_interval: float = 1.0,
                  max_pending: int = 100_000, on_stored: OnStored | None = None,
-                 using: str = DEFAULT_DB_ALIAS, backoff_base: float = 0.2, backoff_cap: float = 10.0,
+                 using: str = DEFAULT_DB_ALIAS, retry: Policy = RETRY["database write"],
                  store: Callable[[Sequence[Trade], str], StoreResult] = store_trades) -> None:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -64,7 +63,7 @@ class TradeWriter:
         self._on_stored = on_stored
         self._using = using
         self._store = store
-        self._backoff = Backoff(backoff_base, backoff_cap, reset_after=0.0, rng=random.Random())
+        self._backoff = retry.backoff()
         self._pending: deque[Trade] = deque()
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()

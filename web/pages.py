@@ -58,8 +58,8 @@ def live(request: HttpRequest) -> HttpResponse:
     from workers.registry import enabled_streams
 
     channels: dict[str, str] = {}  # per symbol, the stream the page shows: `trade` when it is enabled
-    for symbol, channel in enabled_streams():
-        channels[symbol] = TRADE if channels.get(symbol) == TRADE else channel
+    for sid in enabled_streams():
+        channels[sid.symbol] = TRADE if channels.get(sid.symbol) == TRADE else sid.channel
     symbols = sorted(channels)
     config = {
         "symbols": symbols,

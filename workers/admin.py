@@ -19,7 +19,7 @@ from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
 from streams.binance.protocol import CHANNELS, TRADE, normalize_symbol
 from workers import listing, registry
 from workers.deadletters import dead_letter_total, recent_dead_letters
-from workers.keys import stream_id
+from workers.keys import StreamId, stream_id
 from workers.models import ArchiveFile, DayCoverage, SymbolStream
 from workers.redis import sync_redis, text
 from workers.status import StreamStatus, read_status
@@ -95,12 +95,12 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic 
     @admin.display(description="symbol")
     def symbol(self, obj: SymbolStream) -> str:
         key = _key(obj)
-        return key[0] if key else obj.name
+        return key.symbol if key else obj.name
 
     @admin.display(description="channel")
     def channel(self, obj: SymbolStream) -> str:
         key = _key(obj)
-        return key[1] if key else NONE
+        return key.channel if key else NONE
 
     @admin.display(description="exchange")
     def exchange_status(self, obj: SymbolStream) -> str:
@@ -109,9 +109,9 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic 
         if key is None:
             return NONE
         try:
-            status = sync_redis().hget(listing.NOT_TRADING, key[0])
+            status = sync_redis().hget(listing.NOT_TRADING, key.symbol)
         except redis.RedisError as exc:
-            logger.warning("cannot read the exchange status of %s: %s", key[0], exc)
+            logger.warning("cannot read the exchange status of %s: %s", key.symbol, exc)
             return _UNAVAILABLE.state
         return f"not trading ({text(status)})" if status else NONE
 
@@ -175,7 +175,7 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic 
         if not chosen.trading and not chosen.not_trading:
             form.add_error("quote", f"The exchange lists no symbol quoted in {quote}.")
             return None
-        changes = registry.enable_streams([(symbol, channel) for symbol in chosen.trading])
+        changes = registry.enable_streams([stream_id(symbol, channel) for symbol in chosen.trading])
         return registry.summary("enabled", changes, chosen.not_trading)
 
     def dead_letters_view(self, request: HttpRequest) -> HttpResponse:
@@ -240,8 +240,8 @@ class SymbolStreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # generic 
         return False  # disable instead: the stream's history (last run, run count) stays
 
 
-def _keys(queryset: QuerySet[SymbolStream]) -> list[tuple[str, str]]:
-    """(SYMBOL, channel) of the selected rows with usable kwargs (two columns read, not every field)."""
+def _keys(queryset: QuerySet[SymbolStream]) -> list[StreamId]:
+    """The streams of the selected rows with usable kwargs (two columns read, not every field)."""
     keys = []
     for name, kwargs in queryset.values_list("name", "kwargs"):
         try:
@@ -255,8 +255,8 @@ def _capital(line: str) -> str:
     return line[:1].upper() + line[1:]
 
 
-def _key(obj: SymbolStream) -> tuple[str, str] | None:
-    """(SYMBOL, channel) of the row, or None for a task whose kwargs were edited into nonsense."""
+def _key(obj: SymbolStream) -> StreamId | None:
+    """The stream of the row, or None for a task whose kwargs were edited into nonsense."""
     try:
         return registry.stream_key(obj)
     except (ValueError, KeyError, TypeError):
@@ -272,10 +272,9 @@ def _status(obj: SymbolStream) -> StreamStatus | None:
 
 
 def _read(obj: SymbolStream) -> StreamStatus | None:
-    key = _key(obj)
-    if key is None:
+    sid = _key(obj)
+    if sid is None:
         return None
-    sid = stream_id(*key)
     try:
         return read_status(sid)
     except redis.RedisError as exc:

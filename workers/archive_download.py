@@ -18,7 +18,7 @@ from typing import IO
 
 import httpx
 
-from streams.binance.backoff import Backoff
+from streams.binance.backoff import RETRY
 from streams.binance.errors import ExchangeUnavailable, RestError, retry_delay
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Downloader:
     @contextlib.contextmanager
     def _get(self, url: str) -> Iterator[httpx.Response]:
         """A 200 or 404 response (its body streamed), after retries of network errors and 5xx."""
-        backoff = Backoff(0.5, 8.0, attempts=5)
+        backoff = RETRY["archive download"].backoff()
         while True:
             try:
                 response = self._http.send(self._http.build_request("GET", url), stream=True)

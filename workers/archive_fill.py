@@ -24,8 +24,8 @@ from streams.binance.protocol import TRADE, Trade
 from streams.binance.rest import PAGE_LIMIT, BinanceRest
 from streams.binance.sequence import Gap
 from streams.lake.layout import DayKey
-from streams.storage import store_trades
 from workers.budget import shared_rest
+from workers.store import ARCHIVE_FILL, store_or_dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +98,6 @@ async def _backward(rest: BinanceRest, symbol: str, end: int, start: datetime) -
 
 def _store(trades: list[Trade]) -> int:
     try:
-        result = store_trades(trades)
-        for refusal in result.refused:
-            logger.error("%s: trade %d refused by the database: %s", refusal.trade.stream, refusal.trade.trade_id,
-                         refusal.reason)
-        return result.inserted
+        return store_or_dead_letter(trades, ARCHIVE_FILL).inserted
     finally:
         connection.close()  # a thread of asyncio.to_thread's pool: no connection may linger

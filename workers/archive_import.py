@@ -49,9 +49,9 @@ from streams.lake.files import LakeError, Staged, discard, exists, place, read_d
 from streams.lake.layout import DayKey
 from streams.lake.schema import FILE_SCHEMA, trades_from_table
 from streams.models import PriceUpdate, SealedDay
-from streams.storage import store_trades
 from workers.archive_download import Bounds, Downloader, DownloadRefused
 from workers.models import ArchiveFile, DayCoverage
+from workers.store import ARCHIVE_IMPORT, store_or_dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class _Staging:
         self._writer.close()
         self._writer = None
         self._spool.seek(0)
-        reader = pa.ipc.open_file(self._spool)
+        reader = pa.ipc.open_file(self._spool)  # type: ignore[arg-type]  # a binary file object, as pyarrow reads
         for day, first, count in self._hot:
             batches = [reader.get_batch(index) for index in range(first, first + count)]
             yield day, pa.Table.from_batches(batches, schema=FILE_SCHEMA)
@@ -311,7 +311,9 @@ class ArchiveImporter:
         added = sum(count for _, _, count in staging.lake)
         with transaction.atomic():
             for day, table in staging.hot_days():
-                added += self._store_hot(DayKey(SPOT, ref.symbol, channel, day), table, staging)
+                new, repaired = store_hot_day(DayKey(SPOT, ref.symbol, channel, day), table)
+                added += new
+                staging.repaired += repaired
             for staged, source, _ in staging.lake:
                 day_file = staged.day_file
                 SealedDay.objects.update_or_create(
@@ -330,23 +332,6 @@ class ArchiveImporter:
         self.report.repaired += staging.repaired
         self.progress.inserted += added
         return added
-
-    def _store_hot(self, key: DayKey, table: pa.Table, staging: _Staging) -> int:
-        stored = database_day(key)
-        changed = differing_ids(table, stored)
-        if len(changed):
-            staging.repaired += _reported(key, len(changed))
-            PriceUpdate.objects.filter(ticker_symbol=key.symbol, channel=key.channel,
-                                       trade_id__in=changed.to_pylist()).delete()
-        fresh = without(table, stored.column("trade_id").combine_chunks()) if stored.num_rows else table
-        wanted = union(fresh, table.filter(pc.is_in(table.column("trade_id"), value_set=changed))) if len(
-            changed) else fresh
-        result = store_trades(trades_from_table(wanted, key.symbol, key.channel))
-        if result.refused:
-            first = result.refused[0]
-            raise ArchiveFormatError(f"the database refused {len(result.refused)} of its trades, first "
-                                     f"{first.trade.trade_id}: {first.reason}")
-        return result.inserted - len(changed)
 
     def _record(self, ref: FileRef, staging: _Staging, added: int) -> None:
         """The file's marker, and what each of its days held (the archive's count for the report)."""
@@ -367,6 +352,27 @@ class ArchiveImporter:
         DayCoverage.objects.bulk_update([r for r in rows.values() if r.pk is not None],
                                         ["archive_count", "archive_first_id", "archive_last_id", "dirty"])
         DayCoverage.objects.bulk_create([r for r in rows.values() if r.pk is None], ignore_conflicts=True)
+
+
+def store_hot_day(key: DayKey, table: pa.Table) -> tuple[int, int]:
+    """One day of a file into the database, inside the file's transaction: what is stored and differs from the
+    file corrected to the file's values, the rest added. Returns (trades added, trades corrected); a trade the
+    database refuses refuses the whole file (ArchiveFormatError), dead-lettered under the import's name."""
+    stored = database_day(key)
+    changed = differing_ids(table, stored)
+    if len(changed):
+        _reported(key, len(changed))
+        PriceUpdate.objects.filter(ticker_symbol=key.symbol, channel=key.channel,
+                                   trade_id__in=[i for i in changed.to_pylist() if i is not None]).delete()
+    fresh = without(table, stored.column("trade_id").combine_chunks()) if stored.num_rows else table
+    wanted = union(fresh, table.filter(pc.is_in(table.column("trade_id"), value_set=changed))) if len(
+        changed) else fresh
+    result = store_or_dead_letter(trades_from_table(wanted, key.symbol, key.channel), ARCHIVE_IMPORT)
+    if result.refused:
+        first = result.refused[0]
+        raise ArchiveFormatError(f"the database refused {len(result.refused)} trades, first "
+                                 f"{first.trade.trade_id}: {first.reason}")
+    return result.inserted - len(changed), len(changed)
 
 
 def _reported(key: DayKey, changed: int) -> int:

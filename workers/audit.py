@@ -34,12 +34,11 @@ from streams.binance.logcontext import stream_context
 from streams.binance.protocol import TRADE, Trade
 from streams.binance.sequence import Gap
 from streams.models import PriceUpdate
-from streams.storage import store_trades
 from workers.archive_import import days_of_gap, import_days
 from workers.budget import shared_rest
-from workers.deadletters import REFUSED, DeadLetter, dead_letter, trade_data
 from workers.keys import ID_REGRESSIONS, PREFIX, stream_id
-from workers.redis import sync_redis
+from workers.redis import sync_redis, text
+from workers.store import AUDIT, store_or_dead_letter
 from workers.watermark import walk
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def fill_holes(symbol: str, channel: str, scan: int | None = None) -> tuple[int,
     """One pass over stream (symbol, channel) above its watermark: (holes found, trades stored)."""
     sid = stream_id(symbol, channel)
     with stream_context(sid):
-        result = walk(sid, symbol, channel, scan or settings.COLLECTOR_AUDIT_SCAN, on_holes=_holes_found)
+        result = walk(sid, scan or settings.COLLECTOR_AUDIT_SCAN, on_holes=_holes_found)
     return result.holes, result.stored
 
 
@@ -113,10 +112,7 @@ def _fill_from_archive(symbol: str, gaps: Sequence[Gap]) -> tuple[int, bool]:
 
 def _store(page: list[Trade]) -> int:
     try:
-        result = store_trades(page)
-        dead_letter(sync_redis(), [DeadLetter(REFUSED, r.trade.stream, r.reason, trade_data(r.trade))
-                                   for r in result.refused])
-        return result.inserted
+        return store_or_dead_letter(page, AUDIT).inserted
     finally:
         connection.close()  # a thread of asyncio.to_thread's pool: no connection may linger
 
@@ -124,7 +120,7 @@ def _store(page: list[Trade]) -> int:
 def check_regressions(limit: int = _REGRESSIONS_PER_PASS) -> dict[str, int]:
     """Compare trades whose id went back with what is stored: a replay (identical) or a conflict."""
     client = sync_redis()
-    rows = client.rpop(ID_REGRESSIONS, limit) or []
+    rows: list[bytes] = client.rpop(ID_REGRESSIONS, limit) or []  # type: ignore[assignment]  # a list with a count
     counts = {"replayed": 0, "conflicts": 0, "unchecked": 0}
     for raw in rows:
         trade = Trade(*orjson.loads(raw))
@@ -157,7 +153,7 @@ def _count(**counts: int) -> None:
 
 
 def audit_counts() -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in sync_redis().hgetall(AUDIT_COUNTS).items()}
+    return {text(k): int(v) for k, v in sync_redis().hgetall(AUDIT_COUNTS).items()}
 
 
 def audit_enabled_streams() -> dict[str, int]:
@@ -166,10 +162,10 @@ def audit_enabled_streams() -> dict[str, int]:
     from workers.registry import enabled_streams
 
     total_holes = total_stored = 0
-    for symbol, channel in enabled_streams():
-        found, stored = fill_holes(symbol, channel)
+    for sid in enabled_streams():
+        found, stored = fill_holes(sid.symbol, sid.channel)
         total_holes += found
         total_stored += stored
-        update_coverage(symbol, channel)
+        update_coverage(sid.symbol, sid.channel)
     regressions = check_regressions()
     return {"holes": total_holes, "stored": total_stored, **regressions}

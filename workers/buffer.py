@@ -1,8 +1,9 @@
 """The hand-off buffer: a Redis Stream of trade batches between the stream tasks and the flush task.
 
 Stream tasks (asyncio) append batches of parsed trades; the flush task (sync, Celery beat) reads them
-through the consumer group `BUFFER_GROUP`, writes them with one `store_trades` call, and only after that
-commit acknowledges and deletes them (docs/design.md, "The promises"). Delivery is at-least-once; the
+through the consumer group `BUFFER_GROUP`, writes them with one `store_or_dead_letter` call (workers.store),
+and only after that commit acknowledges and deletes them (docs/design.md, "The promises"). Delivery is
+at-least-once; the
 storage's unique key makes a second write of the same trade harmless.
 
 Depth is bounded by a counter of waiting trades (`BUFFER_TRADES`), never by XADD MAXLEN/MINID trimming,
@@ -17,21 +18,22 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
 import orjson
 import redis
 import redis.asyncio
-from django.conf import settings  # type: ignore[import-untyped]
-from django.db import DEFAULT_DB_ALIAS  # type: ignore[import-untyped]
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS
 
 from streams.binance.errors import ParseError
 from streams.binance.protocol import Trade, validate_trade
 from streams.storage import StoreResult, store_trades
-from workers.deadletters import INVALID, REFUSED, UNDECODABLE, DeadLetter, dead_letter, trade_data
+from workers.deadletters import INVALID, UNDECODABLE, DeadLetter, dead_letter, trade_data
 from workers.keys import BUFFER_GROUP, BUFFER_STREAM, FLUSH_LOCK
+from workers.store import FLUSH, Store, store_or_dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +99,6 @@ _UNLOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-Store = Callable[[Sequence[Trade], str], StoreResult]
-
 
 class BufferFull(Exception):
     """The buffer holds COLLECTOR_BUFFER_MAX_TRADES trades already; nothing was added."""
@@ -253,9 +252,9 @@ def _flush_locked(r: redis.Redis, consumer: str, batch: int, idle: float, *, usi
         return FlushResult()
     entries.sort(key=lambda e: _id_key(e.id))
     trades = [t for e in entries if e.trades is not None for t in e.trades]
-    stored = store(trades, using) if trades else StoreResult(0, 0)
+    stored = store_or_dead_letter(trades, FLUSH, using=using, r=r, store=store) if trades else StoreResult(0, 0)
     # Kept before the entries are acknowledged: a crash in between dead-letters twice, never loses one.
-    dead = dead_letter(r, _dead_letters(entries, stored))
+    dead = dead_letter(r, _dead_letters(entries)) + stored.rejected
     left = _ack(r, entries)  # only after the commit (every trade once)
     logger.info("buffer: %s wrote %d trades from %d entries (%d new, %d duplicates, %d reclaimed, "
                 "%d dead-lettered); %d waiting", consumer, len(trades), len(entries), stored.inserted,
@@ -322,11 +321,11 @@ def _stream_of(trade: Any) -> str:
         return "-"
 
 
-def _dead_letters(entries: list[_Entry], stored: StoreResult) -> list[DeadLetter]:
+def _dead_letters(entries: list[_Entry]) -> list[DeadLetter]:
+    """What the buffer itself refuses: entries it cannot decode, trades that fail re-validation."""
     letters = [DeadLetter(UNDECODABLE, "-", f"buffer entry {e.id.decode()} cannot be decoded",
                           e.raw.decode(errors="replace")) for e in entries if e.trades is None]
     letters += [letter for e in entries for letter in e.invalid]
-    letters += [DeadLetter(REFUSED, r.trade.stream, r.reason, trade_data(r.trade)) for r in stored.refused]
     return letters
 
 

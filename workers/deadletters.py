@@ -17,6 +17,7 @@ from typing import Any, Final
 import orjson
 import redis
 import redis.asyncio
+from redis.typing import EncodableT
 
 from workers.keys import PREFIX
 
@@ -40,9 +41,13 @@ class DeadLetter:
     reason: str
     data: str     # the trade as a JSON row, or the raw frame / entry (truncated)
     id: str = ""  # the Redis Stream id: when it was dead-lettered, on the Redis server's clock
+    source: str = ""  # the writer that met it (workers.store), or "" for frames and buffer entries
 
-    def fields(self) -> dict[str, str]:
-        return {"kind": self.kind, "stream": self.stream, "reason": self.reason[:500], "data": self.data[:2000]}
+    def fields(self) -> dict[EncodableT, EncodableT]:
+        """As kept in the Redis Stream (the source only when there is one)."""
+        kept: dict[EncodableT, EncodableT] = {"kind": self.kind, "stream": self.stream, "reason": self.reason[:500],
+                                              "data": self.data[:2000]}
+        return kept | {"source": self.source} if self.source else kept
 
 
 def trade_data(trade: Any) -> str:
@@ -81,8 +86,9 @@ def recent_dead_letters(r: redis.Redis, count: int = 50) -> list[DeadLetter]:
     letters = []
     for entry_id, data in rows:
         fields = {k.decode(): v.decode(errors="replace") for k, v in data.items()}
-        letters.append(DeadLetter(*(fields.get(name, "") for name in ("kind", "stream", "reason", "data")),
-                                  id=entry_id.decode()))
+        letters.append(DeadLetter(kind=fields.get("kind", ""), stream=fields.get("stream", ""),
+                                  reason=fields.get("reason", ""), data=fields.get("data", ""), id=entry_id.decode(),
+                                  source=fields.get("source", "")))
     return letters
 
 

@@ -12,10 +12,11 @@ from django.db import DatabaseError, connection
 
 from workers.buffer import buffer_stats
 from workers.deadletters import dead_letter_total, recent_dead_letters
-from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, last_failure_key, parse_stream_id
+from workers.keys import BEAT_SEEN, FAILURES, PERIODIC_ERRORS, StreamId, last_failure_key
 from workers.listing import not_trading
 from workers.redis import sync_redis, text
-from workers.status import StreamStatus, all_statuses, is_stale, server_time
+from workers.status import StreamStatus, all_statuses, server_time, shown_state
+from workers.store import refused_counts
 
 logger = logging.getLogger(__name__)
 
@@ -24,34 +25,33 @@ def streams_report(dead_letters: int = 10) -> dict[str, Any]:
     """Every enabled or running stream with its live status ("stalled" when its data, heartbeat or
     progress is stale; "not running" when enabled without a task), failures of its past tasks, the
     buffer, the dead letters and the periodic tasks' transient errors."""
-    from workers.keys import stream_id
     from workers.registry import enabled_streams
 
     client = sync_redis()
     statuses = all_statuses()
-    enabled = {stream_id(s, c) for s, c in enabled_streams()}
+    enabled = set(enabled_streams())
     failures = {text(k): int(v) for k, v in client.hgetall(FAILURES).items()}
     listing = not_trading(client)
     streams = []
     for sid in sorted(enabled | set(statuses)):
         status = statuses.get(sid)
-        state = "not running" if status is None else ("stalled" if is_stale(status) else status.state)
-        entry: dict[str, Any] = {**(status or StreamStatus(state="")).as_dict(), "stream": sid,
+        state = shown_state(status)
+        entry: dict[str, Any] = {**(status or StreamStatus(state="")).as_dict(), "stream": str(sid),
                                  "enabled": sid in enabled, "state": state,
-                                 "task_failures": failures.get(sid, 0), "last_failure": _last_failure(sid),
-                                 "exchange_status": listing.get(parse_stream_id(sid)[0], "TRADING")}
+                                 "task_failures": failures.get(str(sid), 0), "last_failure": _last_failure(sid),
+                                 "exchange_status": listing.get(sid.symbol, "TRADING")}
         streams.append(entry)
     return {
         "streams": streams,
         "buffer": buffer_stats(client),
-        "dead_letters": {"total": dead_letter_total(client),
+        "dead_letters": {"total": dead_letter_total(client), "refused_by_writer": refused_counts(client),
                          "recent": [letter.__dict__ for letter in recent_dead_letters(client, dead_letters)]},
         "periodic_errors": {text(k): int(v) for k, v in client.hgetall(PERIODIC_ERRORS).items()},
         "generated_at": time.time(),
     }
 
 
-def _last_failure(sid: str) -> str:
+def _last_failure(sid: StreamId) -> str:
     raw = sync_redis().get(last_failure_key(sid))
     return text(raw, errors="replace") if raw else ""
 

@@ -1,8 +1,17 @@
-"""Names shared through Redis: stream ids and the keys of leases, status, stop flags and the buffer."""
+"""Names shared through Redis: the keys of leases, status, stop flags and the buffer.
+
+A stream's keys carry its id's text (`collector:lease:btcusdt@trade`): installations and readers of Redis
+know them by it. `stream_id` is the core's (streams.binance.streamid), here too for the collection side.
+"""
 
 from __future__ import annotations
 
-from streams.binance.protocol import normalize_channel, normalize_symbol, split_stream_name, stream_name
+import contextlib
+from collections.abc import Iterable
+
+from streams.binance.streamid import StreamId, stream_id
+
+__all__ = ["StreamId", "stream_id"]  # and the key names below
 
 PREFIX = "collector"
 BUFFER_STREAM = f"{PREFIX}:buffer"       # the hand-off buffer (a Redis Stream)
@@ -14,32 +23,36 @@ BEAT_SEEN = f"{PREFIX}:beat-seen"        # last time a beat-driven task ran
 DATASET_FACTS = f"{PREFIX}:dataset"      # JSON: completeness and seals per stream (workers.seal), for metrics
 
 
-def stream_id(symbol: str, channel: str) -> str:
-    """`btcusdt@trade`: the stream's name on the exchange is its id here too."""
-    return stream_name(normalize_symbol(symbol), normalize_channel(channel))
+LEASE_PREFIX = f"{PREFIX}:lease:"    # then the stream id's text
+STATUS_PREFIX = f"{PREFIX}:status:"
 
 
-def parse_stream_id(sid: str) -> tuple[str, str]:
-    return split_stream_name(sid)
+def lease_key(sid: StreamId) -> str:
+    return f"{LEASE_PREFIX}{sid}"
 
 
-def lease_key(sid: str) -> str:
-    return f"{PREFIX}:lease:{sid}"
+def status_key(sid: StreamId) -> str:
+    return f"{STATUS_PREFIX}{sid}"
 
 
-def status_key(sid: str) -> str:
-    return f"{PREFIX}:status:{sid}"
+def streams_of_keys(keys: Iterable[bytes], prefix: str) -> dict[bytes, StreamId]:
+    """The stream of each key named `<prefix><stream id>`; a key whose rest is not a stream id is left out."""
+    found = {}
+    for key in keys:
+        with contextlib.suppress(ValueError):  # InvalidStreamName
+            found[key] = StreamId.parse(key.decode()[len(prefix):])
+    return found
 
 
-def stop_key(sid: str) -> str:
+def stop_key(sid: StreamId) -> str:
     return f"{PREFIX}:stop:{sid}"
 
 
-def starting_key(sid: str) -> str:
+def starting_key(sid: StreamId) -> str:
     return f"{PREFIX}:starting:{sid}"
 
 
-def last_id_key(sid: str) -> str:
+def last_id_key(sid: StreamId) -> str:
     """The last trade id the stream task handed to the buffer (resume point before the flush catches up)."""
     return f"{PREFIX}:last-id:{sid}"
 
@@ -48,7 +61,7 @@ FAILURES = f"{PREFIX}:failures"          # hash: stream id -> stream tasks that 
 ID_REGRESSIONS = f"{PREFIX}:id-regressions"  # list of trades whose id went back, for the audit
 
 
-def last_failure_key(sid: str) -> str:
+def last_failure_key(sid: StreamId) -> str:
     """Why the stream's last task failed, and when (kept after the task is gone, for the status)."""
     return f"{PREFIX}:last-failure:{sid}"
 PERIODIC_ERRORS = f"{PREFIX}:periodic-errors"  # hash: periodic task -> transient failures met
@@ -58,6 +71,6 @@ COUNTED = ("trades", "messages", "reconnects", "gaps_found", "gaps_healed", "mis
            "errors", "broadcast_dropped")  # a stream's counters that only grow, across its tasks (metrics' _total)
 
 
-def counters_key(sid: str) -> str:
+def counters_key(sid: StreamId) -> str:
     """Hash of the stream's counters over all its tasks (COUNTED, and task_failures): they never go back."""
     return f"{PREFIX}:counters:{sid}"

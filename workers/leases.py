@@ -1,26 +1,41 @@
-"""One owner per stream: a lease in Redis with a TTL, renewed by the heartbeat (docs/design.md)."""
+"""One owner per stream: a lease in Redis with a TTL, renewed by the heartbeat.
+
+The one place for the lease scripts. A lease is renewed or released only by the owner that holds it: a
+compare-and-set on the server, one script for any number of leases (the runtime renews every lease of its
+process in one round trip, and releases those of the streams it stops in another).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis.asyncio
 
-from workers.keys import lease_key
+from workers.keys import StreamId, lease_key
 
-# Renew or release only a lease we still own: a compare-and-set in one step on the server.
+# KEYS: the leases. ARGV: per lease its owner, then its TTL in ms. 1 for each still ours (renewed), 0 if not.
 _RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[2 * i - 1] then
+    redis.call('pexpire', key, ARGV[2 * i]); out[i] = 1
+  else out[i] = 0 end
+end
+return out
 """
+# KEYS: the leases. ARGV: per lease its owner. Deletes those still ours.
 _RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
+for i, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[i] then redis.call('del', key) end
+end
+return 1
 """
 
 
 class Lease:
     """The lease of stream `sid` for `owner`; `ttl` seconds unless renewed."""
 
-    def __init__(self, client: redis.asyncio.Redis, sid: str, owner: str, ttl: float) -> None:
+    def __init__(self, client: redis.asyncio.Redis, sid: StreamId, owner: str, ttl: float) -> None:
         self.key = lease_key(sid)
         self.owner = owner
         self.ttl_ms = int(ttl * 1000)
@@ -31,7 +46,22 @@ class Lease:
 
     async def renew(self) -> bool:
         """False once the lease is gone or someone else holds it: the task must stop."""
-        return bool(await self._client.eval(_RENEW, 1, self.key, self.owner, self.ttl_ms))
+        return (await renew_leases(self._client, [self]))[0]
 
     async def release(self) -> None:
-        await self._client.eval(_RELEASE, 1, self.key, self.owner)
+        await release_leases(self._client, [self])
+
+
+async def renew_leases(client: redis.asyncio.Redis, leases: Sequence[Lease]) -> list[bool]:
+    """Renew `leases` in one step: for each, whether it is still its owner's (renewed) or not (lost)."""
+    if not leases:
+        return []
+    args = [value for lease in leases for value in (lease.owner, lease.ttl_ms)]
+    owned = await client.eval(_RENEW, len(leases), *(lease.key for lease in leases), *args)
+    return [bool(ours) for ours in owned]
+
+
+async def release_leases(client: redis.asyncio.Redis, leases: Sequence[Lease]) -> None:
+    """Release those of `leases` that their owners still hold, in one step."""
+    if leases:
+        await client.eval(_RELEASE, len(leases), *(lease.key for lease in leases), *(lease.owner for lease in leases))

@@ -23,6 +23,7 @@ import redis
 from asgiref.sync import async_to_sync
 from redis.typing import EncodableT
 
+from streams.binance.backoff import RETRY
 from streams.binance.errors import ParseError, RestError
 from streams.binance.protocol import normalize_symbol
 from streams.binance.rest import BinanceRest
@@ -72,7 +73,7 @@ def listing(symbols: Collection[str] | None = None) -> dict[str, Listed]:
 
 
 async def _fetch(symbols: list[str] | None) -> dict[str, Listed]:
-    async with shared_rest(_ExchangeInfo, timeout=TIMEOUT, retries=1, max_wait=TIMEOUT) as rest:
+    async with shared_rest(_ExchangeInfo, timeout=TIMEOUT, retry=RETRY["symbol check"], max_wait=TIMEOUT) as rest:
         body = None
         if symbols and len(symbols) <= NAMED_AT_MOST:
             try:

@@ -22,9 +22,10 @@ from prometheus_client.registry import Collector
 from workers.audit import AUDIT_COUNTS
 from workers.buffer import buffer_stats
 from workers.deadletters import DEAD_LETTERS_TOTAL
-from workers.keys import BEAT_SEEN, COUNTED, DATASET_FACTS, PERIODIC_ERRORS, counters_key, stream_id
+from workers.keys import BEAT_SEEN, COUNTED, DATASET_FACTS, PERIODIC_ERRORS, StreamId, counters_key
 from workers.redis import sync_redis
-from workers.status import StreamStatus, all_statuses, is_stale
+from workers.status import StreamStatus, all_statuses, shown_state
+from workers.store import REFUSED_BY_SOURCE, SOURCES
 
 # Counter field in collector:counters:<sid> (workers.keys.COUNTED, and task_failures) -> (name without _total,
 # help); a field added to COUNTED without an entry here is still exported, as collector_stream_<field>_total.
@@ -35,7 +36,7 @@ STREAM_COUNTERS: dict[str, tuple[str, str]] = {
     "gaps_found": ("collector_stream_gaps_found", "Gaps in the trade ids found."),
     "gaps_healed": ("collector_stream_gaps_healed", "Gaps healed from REST."),
     "missed": ("collector_stream_trades_missed", "Trade ids given up (beyond the backfill window, REST failed)."),
-    "ids_back": ("collector_stream_ids_back", "Live trade ids at or below the last one (a replay, a reset)."),
+    "ids_back": ("collector_stream_ids_back", "Live trade ids going back on one subscription (a replay, a reset)."),
     "parse_errors": ("collector_stream_parse_errors", "Frames that could not be parsed (dead-lettered)."),
     "errors": ("collector_stream_errors", "Transient errors (Redis, REST) met and retried."),
     "broadcast_dropped": ("collector_stream_broadcast_dropped", "Trades not broadcast to browsers (best effort)."),
@@ -54,18 +55,11 @@ PERIODIC_TASKS = ("flush", "supervise", "audit", "ensure")  # workers.tasks._per
 AUDIT_OUTCOMES = ("filled", "unfilled", "replayed", "conflicts", "unchecked")  # trades, by the audit's verdict
 
 
-def stream_state(status: StreamStatus | None) -> str:
-    """The state shown for a stream: the same rule as workers.health.streams_report."""
-    if status is None:
-        return "not running"
-    return "stalled" if is_stale(status) else status.state
-
-
 class StreamsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         from workers.registry import enabled_streams
 
-        enabled = {stream_id(s, c) for s, c in enabled_streams()}
+        enabled = set(enabled_streams())
         statuses = all_statuses()
         sids = sorted(enabled | set(statuses))
         client = sync_redis()
@@ -77,12 +71,15 @@ class StreamsCollector(Collector):
             pipe.get(DEAD_LETTERS_TOTAL)
             pipe.hgetall(PERIODIC_ERRORS)
             pipe.hgetall(AUDIT_COUNTS)
+            pipe.hgetall(REFUSED_BY_SOURCE)
             pipe.get(DATASET_FACTS)
-            *counters, beat_seen, (seconds, micros), dead_letters, periodic, audit, dataset = pipe.execute()
+            *counters, beat_seen, (seconds, micros), dead_letters, periodic, audit, refused, dataset = pipe.execute()
         yield from _stream_metrics(sids, enabled, statuses, counters)
         yield from _buffer_metrics(buffer_stats(client))
         yield CounterMetricFamily("collector_dead_letters", "Frames, buffer entries and trades dead-lettered.",
                                   value=float(dead_letters or 0))
+        yield _labelled_counter("collector_trades_refused", "Trades the database refused (dead-lettered), by writer.",
+                                "source", SOURCES, _ints(refused))
         age = math.inf if beat_seen is None else max(0.0, seconds + micros / 1e6 - float(beat_seen))
         yield GaugeMetricFamily("collector_beat_last_tick_age_seconds",
                                 "Seconds since a periodic task last ran (+Inf: never), on Redis's clock.", value=age)
@@ -120,7 +117,7 @@ def _dataset_metrics(facts: dict[str, Any] | None, now: float) -> Iterator[Metri
                                 "computed (the sealing and scrub passes).", value=max(0.0, now - facts["computed_at"]))
 
 
-def _stream_metrics(sids: list[str], enabled: set[str], statuses: dict[str, StreamStatus],
+def _stream_metrics(sids: list[StreamId], enabled: set[StreamId], statuses: dict[StreamId, StreamStatus],
                     counters: list[dict[bytes, bytes]]) -> Iterator[Metric]:
     up = GaugeMetricFamily("collector_stream_up", "1 when the stream is connected and fresh.", labels=["stream"])
     on = GaugeMetricFamily("collector_stream_enabled", "1 when the stream is enabled.", labels=["stream"])
@@ -130,18 +127,18 @@ def _stream_metrics(sids: list[str], enabled: set[str], statuses: dict[str, Stre
                                          labels=["stream"]) for field in (*COUNTED, "task_failures")}
     ages = {field: GaugeMetricFamily(name, text, labels=["stream"]) for field, (name, text, _) in STREAM_AGES.items()}
     for sid, raw in zip(sids, counters, strict=True):
-        status = statuses.get(sid)
-        shown = stream_state(status)
-        up.add_metric([sid], 1.0 if shown == "connected" else 0.0)
-        on.add_metric([sid], 1.0 if sid in enabled else 0.0)
-        state.add_metric([sid, shown], 1.0)
+        status, label = statuses.get(sid), str(sid)
+        shown = shown_state(status)
+        up.add_metric([label], 1.0 if shown == "connected" else 0.0)
+        on.add_metric([label], 1.0 if sid in enabled else 0.0)
+        state.add_metric([label, shown], 1.0)
         values = _ints(raw)
         for field, total in totals.items():
-            total.add_metric([sid], float(values.get(field, 0)))
+            total.add_metric([label], float(values.get(field, 0)))
         for field, gauge in ages.items():
             value = None if status is None else getattr(status, field)
             if value is not None:
-                gauge.add_metric([sid], float(value) * STREAM_AGES[field][2])
+                gauge.add_metric([label], float(value) * STREAM_AGES[field][2])
     yield from (up, on, state, *totals.values(), *ages.values())
 
 

@@ -22,9 +22,10 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
+from streams.binance.backoff import RETRY
 from streams.binance.protocol import normalize_channel, normalize_symbol
 from streams.binance.rest import BinanceRest
-from workers.keys import stream_id
+from workers.keys import StreamId, stream_id
 from workers.models import ENSURE_TASK
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,9 @@ ENSURE_EXPIRES = 10
 VALIDATE_TIMEOUT = 5.0  # s per REST request when a person waits for the answer (admin, command)
 
 
-def task_name(symbol: str, channel: str) -> str:
-    """`stream btcusdt@trade`; InvalidStreamName for a bad symbol or channel."""
-    return f"{NAME_PREFIX}{stream_id(symbol, channel)}"
+def task_name(sid: StreamId) -> str:
+    """`stream btcusdt@trade`."""
+    return f"{NAME_PREFIX}{sid}"
 
 
 def stream_tasks() -> QuerySet[PeriodicTask]:
@@ -54,20 +55,20 @@ def stream_tasks() -> QuerySet[PeriodicTask]:
     return PeriodicTask.objects.filter(task=ENSURE_TASK, name__startswith=NAME_PREFIX).order_by("name")
 
 
-def stream_key(task: PeriodicTask) -> tuple[str, str]:
-    """(SYMBOL, channel) of a symbol-stream periodic task, from its kwargs."""
+def stream_key(task: PeriodicTask) -> StreamId:
+    """The stream of a symbol-stream periodic task, from its kwargs."""
     return key_of(task.kwargs)
 
 
-def key_of(kwargs_text: str | None) -> tuple[str, str]:
-    """(SYMBOL, channel) from a stream task's kwargs text; ValueError, KeyError or TypeError if unusable."""
+def key_of(kwargs_text: str | None) -> StreamId:
+    """The stream of a stream task's kwargs text; ValueError, KeyError or TypeError if unusable."""
     kwargs = json.loads(kwargs_text or "{}")
-    return normalize_symbol(kwargs["symbol"]), normalize_channel(kwargs["channel"])
+    return stream_id(kwargs["symbol"], kwargs["channel"])
 
 
-def enabled_streams() -> list[tuple[str, str]]:
-    """(SYMBOL, channel) of every stream that should run; a task whose kwargs were edited into nonsense
-    is logged and skipped, so that one bad row does not stop the supervision of the others."""
+def enabled_streams() -> list[StreamId]:
+    """Every stream that should run; a task whose kwargs were edited into nonsense is logged and skipped,
+    so that one bad row does not stop the supervision of the others."""
     streams = []
     for name, kwargs in stream_tasks().filter(enabled=True).values_list("name", "kwargs"):  # 2 columns, not 20
         try:
@@ -79,7 +80,7 @@ def enabled_streams() -> list[tuple[str, str]]:
 
 def enabled_symbols() -> list[str]:
     """The symbols of the enabled streams, once each, sorted."""
-    return sorted({symbol for symbol, _ in enabled_streams()})
+    return sorted({sid.symbol for sid in enabled_streams()})
 
 
 def validate_symbol(symbol: str) -> str:
@@ -94,7 +95,7 @@ def validate_symbol(symbol: str) -> str:
 
 async def _check_symbol(symbol: str) -> None:
     # A person waits for this answer: short timeouts, one retry, and no long wait on a 429.
-    async with BinanceRest(settings.BINANCE_REST_URL, timeout=VALIDATE_TIMEOUT, retries=1,
+    async with BinanceRest(settings.BINANCE_REST_URL, timeout=VALIDATE_TIMEOUT, retry=RETRY["symbol check"],
                            max_wait=VALIDATE_TIMEOUT) as rest:
         await rest.symbol_info(symbol)
 
@@ -109,34 +110,34 @@ class Changes:
 
 def enable_stream(symbol: str, channel: str, *, validate: bool = False) -> PeriodicTask:
     """Create or re-enable the stream's periodic task (idempotent); with `validate`, ask the exchange first."""
-    symbol, channel = normalize_symbol(symbol), normalize_channel(channel)
+    sid = stream_id(symbol, channel)
     if validate:
-        validate_symbol(symbol)
-    enable_streams([(symbol, channel)])
-    return PeriodicTask.objects.get(name=task_name(symbol, channel))
+        validate_symbol(sid.symbol)
+    enable_streams([sid])
+    return PeriodicTask.objects.get(name=task_name(sid))
 
 
 def disable_stream(symbol: str, channel: str) -> bool:
     """Mark the stream as not to run; False if there was no such stream or it was already disabled."""
-    return bool(disable_streams([(symbol, channel)]).done)
+    return bool(disable_streams([stream_id(symbol, channel)]).done)
 
 
-def enable_streams(keys: Iterable[tuple[str, str]]) -> Changes:
-    """Create or re-enable the periodic task of each (symbol, channel), in one transaction with one notice
-    to beat (idempotent: a stream already enabled as it should be is not written). InvalidStreamName for a
-    bad symbol or channel, before anything is written. The symbols are not checked with the exchange."""
-    wanted = {task_name(s, c): (normalize_symbol(s), normalize_channel(c)) for s, c in keys}
+def enable_streams(streams: Iterable[StreamId]) -> Changes:
+    """Create or re-enable the periodic task of each stream, in one transaction with one notice to beat
+    (idempotent: a stream already enabled as it should be is not written). The symbols are not checked
+    with the exchange."""
+    wanted = {task_name(sid): sid for sid in streams}
     changes, now = Changes(), timezone.now()
     with transaction.atomic():
         schedule = ensure_schedule()
         existing = {t.name: t for t in PeriodicTask.objects.select_for_update().filter(name__in=list(wanted))}
         created: list[PeriodicTask] = []
         updated: list[PeriodicTask] = []
-        for name, (symbol, channel) in sorted(wanted.items()):
-            fields = _task_fields(symbol, channel, schedule)
+        for name, sid in sorted(wanted.items()):
+            fields = _task_fields(sid, schedule)
             task = existing.get(name)
             if task is not None and all(getattr(task, f) == v for f, v in fields.items()):  # attnames: no queries
-                changes.already.append(stream_id(symbol, channel))
+                changes.already.append(str(sid))
                 continue
             task = task or PeriodicTask(name=name)
             if task.pk is None or not task.enabled:
@@ -145,7 +146,7 @@ def enable_streams(keys: Iterable[tuple[str, str]]) -> Changes:
                 setattr(task, f, v)
             task.date_changed = now  # auto_now is not applied by bulk_update
             (updated if task.pk else created).append(task)
-            changes.done.append(stream_id(symbol, channel))
+            changes.done.append(str(sid))
         # A task of the same name created meanwhile by another transaction (two admins at once) is theirs.
         PeriodicTask.objects.bulk_create(created, batch_size=_BATCH, ignore_conflicts=True)
         PeriodicTask.objects.bulk_update(updated, [*_FIELDS, "last_run_at", "date_changed"], batch_size=_BATCH)
@@ -155,10 +156,10 @@ def enable_streams(keys: Iterable[tuple[str, str]]) -> Changes:
     return changes
 
 
-def disable_streams(keys: Iterable[tuple[str, str]]) -> Changes:
-    """Disable the periodic task of each (symbol, channel) that is enabled, in one transaction with one notice
-    to beat. `already` lists those disabled before; streams that have no task are in neither list."""
-    names = [task_name(s, c) for s, c in keys]
+def disable_streams(streams: Iterable[StreamId]) -> Changes:
+    """Disable the periodic task of each stream that is enabled, in one transaction with one notice to
+    beat. `already` lists those disabled before; streams that have no task are in neither list."""
+    names = [task_name(sid) for sid in streams]
     return _disable(stream_tasks().filter(name__in=names))
 
 
@@ -222,8 +223,9 @@ def _count(n: int, noun: str) -> str:
 _FIELDS = ("task", "kwargs", "interval", "enabled", "one_off", "expire_seconds", "description")
 
 
-def _task_fields(symbol: str, channel: str, schedule: IntervalSchedule) -> dict[str, object]:
+def _task_fields(sid: StreamId, schedule: IntervalSchedule) -> dict[str, object]:
     """The task's fields by attribute name (`interval_id`: comparing it costs no query)."""
+    symbol, channel = sid.symbol, sid.channel
     return {
         "task": ENSURE_TASK,
         "kwargs": json.dumps({"symbol": symbol, "channel": channel}),

@@ -238,7 +238,7 @@ def dataset_facts(today: date | None = None) -> dict[str, Any]:
     streams: dict[str, dict[str, int]] = {}
 
     def entry(symbol: str, channel: str) -> dict[str, int]:
-        return streams.setdefault(stream_id(symbol, channel), {"incomplete": 0, "damaged": 0})
+        return streams.setdefault(str(stream_id(symbol, channel)), {"incomplete": 0, "damaged": 0})
 
     closed = DayCoverage.objects.filter(day__lt=today)
     for symbol, channel, count in closed.exclude(verdict=Verdict.COMPLETE).values_list(
@@ -255,7 +255,8 @@ def dataset_facts(today: date | None = None) -> dict[str, Any]:
         "symbol", "channel", "day", "problem")[:20])
     return {"computed_at": timezone.now().timestamp(), "streams": streams, "sealed_days": totals["days"] or 0,
             "lake_bytes": totals["bytes"] or 0,
-            "damaged": [{"stream": stream_id(s, c), "day": d.isoformat(), "problem": why} for s, c, d, why in damaged]}
+            "damaged": [{"stream": str(stream_id(s, c)), "day": d.isoformat(), "problem": why}
+                        for s, c, d, why in damaged]}
 
 
 def publish_facts(today: date | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import redis
 import redis.asyncio
 from django.conf import settings
 
-from workers.keys import PREFIX, status_key
+from workers.keys import STATUS_PREFIX, StreamId, status_key, streams_of_keys
 from workers.redis import sync_redis
 
 # KEYS: status key. ARGV: ttl ms, then field, value pairs. The write time is the server's own clock.
@@ -49,7 +49,7 @@ class StreamStatus:
     gaps_found: int = 0
     gaps_healed: int = 0
     missed: int = 0                         # trade ids given up (beyond the backfill window, REST failed)
-    ids_back: int = 0                       # live ids at or below the last one (a replay, an exchange reset)
+    ids_back: int = 0                       # live ids behind ones its subscription delivered (a replay, a reset)
     parse_errors: int = 0
     lag_ms: int | None = None               # receive time minus exchange event time of the last trade
     last_trade_ts: int | None = None        # the exchange's event time of the last trade (ms or µs)
@@ -121,17 +121,17 @@ def decode(raw: dict[bytes, bytes], server_now: float) -> StreamStatus:
     return status.aged()
 
 
-async def write_status(client: redis.asyncio.Redis, sid: str, status: StreamStatus, ttl: float) -> None:
+async def write_status(client: redis.asyncio.Redis, sid: StreamId, status: StreamStatus, ttl: float) -> None:
     """Replace the stream's status; it expires if the heartbeat stops (a dead task leaves no false status)."""
     await client.eval(_WRITE_LUA, 1, status_key(sid), int(ttl * 1000), *encode(status))
 
 
-def queue_status(pipe: Any, sid: str, status: StreamStatus, ttl: float) -> None:
+def queue_status(pipe: Any, sid: StreamId, status: StreamStatus, ttl: float) -> None:
     """`write_status` queued in a pipeline (the runtime writes every stream's status in one round trip)."""
     pipe.eval(_WRITE_LUA, 1, status_key(sid), int(ttl * 1000), *encode(status))
 
 
-def write_status_now(client: redis.Redis, sid: str, status: StreamStatus, ttl: float) -> None:
+def write_status_now(client: redis.Redis, sid: StreamId, status: StreamStatus, ttl: float) -> None:
     """`write_status` for synchronous code (tests, tools)."""
     client.eval(_WRITE_LUA, 1, status_key(sid), int(ttl * 1000), *encode(status))
 
@@ -141,7 +141,7 @@ def server_time(client: redis.Redis) -> float:
     return float(seconds) + micros / 1e6
 
 
-def read_status(sid: str) -> StreamStatus | None:
+def read_status(sid: StreamId) -> StreamStatus | None:
     """The status of stream `sid`, or None if no task reports it."""
     client = sync_redis()
     with client.pipeline(transaction=False) as pipe:
@@ -151,18 +151,31 @@ def read_status(sid: str) -> StreamStatus | None:
     return decode(raw, seconds + micros / 1e6) if raw else None
 
 
-def all_statuses() -> dict[str, StreamStatus]:
+def all_statuses() -> dict[StreamId, StreamStatus]:
+    """Every status written, by stream (a key whose name is not a stream's is skipped)."""
     client = sync_redis()
-    keys = list(client.scan_iter(match=f"{PREFIX}:status:*", count=500))
-    if not keys:
+    sids = streams_of_keys(client.scan_iter(match=f"{STATUS_PREFIX}*", count=500), STATUS_PREFIX)
+    if not sids:
         return {}
     with client.pipeline(transaction=False) as pipe:
-        for key in keys:
+        for key in sids:
             pipe.hgetall(key)
         pipe.time()
         *raws, (seconds, micros) = pipe.execute()
     now = seconds + micros / 1e6
-    return {key.decode().rsplit(":", 1)[-1]: decode(raw, now) for key, raw in zip(keys, raws, strict=True) if raw}
+    return {sid: decode(raw, now) for sid, raw in zip(sids.values(), raws, strict=True) if raw}
+
+
+NOT_RUNNING: Final = "not running"  # enabled, and no task reports it
+STALLED: Final = "stalled"          # a task reports it, but its heartbeat, data or progress is stale
+
+
+def shown_state(status: StreamStatus | None) -> str:
+    """The state every reader shows (status page, API, metrics, live page): NOT_RUNNING without a status,
+    STALLED when it `is_stale`, else what the task reported."""
+    if status is None:
+        return NOT_RUNNING
+    return STALLED if is_stale(status) else status.state
 
 
 def is_stale(status: StreamStatus | None) -> bool:

@@ -17,7 +17,7 @@ import redis
 from django.conf import settings
 
 from streams.binance.logcontext import stream_context
-from workers.keys import PREFIX, lease_key, starting_key, status_key, stop_key
+from workers.keys import LEASE_PREFIX, PREFIX, StreamId, lease_key, starting_key, status_key, stop_key, streams_of_keys
 from workers.redis import sync_redis
 from workers.status import StreamStatus, decode, is_stale, stale_reason
 
@@ -35,10 +35,10 @@ RUNNING, STALE, START = "running", "stale", "start"
 class Actions:
     """What one supervision pass did (logged and counted)."""
 
-    started: list[str] = field(default_factory=list)
-    restarted: list[str] = field(default_factory=list)
-    stopped: list[str] = field(default_factory=list)
-    running: list[str] = field(default_factory=list)
+    started: list[StreamId] = field(default_factory=list)
+    restarted: list[StreamId] = field(default_factory=list)
+    stopped: list[StreamId] = field(default_factory=list)
+    running: list[StreamId] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,19 +59,19 @@ def verdict(seen: Seen) -> str:
     return RUNNING if seen.status is None or not is_stale(seen.status) else STALE
 
 
-def streams_running() -> set[str]:
+def streams_running() -> set[StreamId]:
     """Streams that hold a lease now."""
-    prefix = f"{PREFIX}:lease:"
-    return {key.decode()[len(prefix):] for key in sync_redis().scan_iter(match=f"{prefix}*", count=2000)}
+    keys = sync_redis().scan_iter(match=f"{LEASE_PREFIX}*", count=2000)
+    return set(streams_of_keys(keys, LEASE_PREFIX).values())
 
 
-def ensure_running(sid: str, start: Callable[[str], None], actions: Actions | None = None) -> str:
+def ensure_running(sid: StreamId, start: Callable[[StreamId], None], actions: Actions | None = None) -> str:
     """Start `sid` unless a live task runs it; stop a stale one (it is started again once it has).
     Returns what was done: "running", "stopping stale", "starting" (dispatched already) or "started"."""
     return _supervise_chunk(sync_redis(), [sid], start, actions if actions is not None else Actions())[sid]
 
 
-def read_seen(client: redis.Redis, sids: Sequence[str]) -> dict[str, Seen]:
+def read_seen(client: redis.Redis, sids: Sequence[StreamId]) -> dict[StreamId, Seen]:
     """Stop flag, lease and status of each stream, in one round trip (statuses aged on the server's clock;
     only the fields that staleness is decided on)."""
     with client.pipeline(transaction=False) as pipe:
@@ -91,11 +91,11 @@ def _status(values: list[bytes | None], now: float) -> StreamStatus | None:
     return decode(raw, now) if raw else None
 
 
-def _supervise_chunk(client: redis.Redis, sids: Sequence[str], start: Callable[[str], None],
-                     actions: Actions) -> dict[str, str]:
+def _supervise_chunk(client: redis.Redis, sids: Sequence[StreamId], start: Callable[[StreamId], None],
+                     actions: Actions) -> dict[StreamId, str]:
     seen = read_seen(client, sids)
-    done: dict[str, str] = {}
-    claims: dict[str, int] = {}  # stream -> position of its starting marker's SET NX in the pipeline
+    done: dict[StreamId, str] = {}
+    claims: dict[StreamId, int] = {}  # stream -> position of its starting marker's SET NX in the pipeline
     with client.pipeline(transaction=False) as pipe:
         for sid in sids:
             done[sid] = _plan(pipe, sid, seen[sid], actions)
@@ -113,7 +113,7 @@ def _supervise_chunk(client: redis.Redis, sids: Sequence[str], start: Callable[[
     return done
 
 
-def _plan(pipe: redis.client.Pipeline, sid: str, seen: Seen, actions: Actions) -> str:
+def _plan(pipe: redis.client.Pipeline, sid: StreamId, seen: Seen, actions: Actions) -> str:
     """Queue in `pipe` what `sid` needs but a start; "starting" when it needs one."""
     stop = seen.stop
     if stop == _STOP_ANY:
@@ -142,12 +142,12 @@ def _plan(pipe: redis.client.Pipeline, sid: str, seen: Seen, actions: Actions) -
     return "starting"
 
 
-def request_stop(sid: str, revoke: Callable[[list[str]], None] | None = None) -> None:
+def request_stop(sid: StreamId, revoke: Callable[[list[str]], None] | None = None) -> None:
     """Ask whoever runs `sid` to stop (cooperatively, at its next heartbeat)."""
     request_stops([sid], revoke)
 
 
-def request_stops(sids: Sequence[str], revoke: Callable[[list[str]], None] | None = None) -> None:
+def request_stops(sids: Sequence[StreamId], revoke: Callable[[list[str]], None] | None = None) -> None:
     """`request_stop` for many streams in one round trip. A stream already asked is not asked again: its
     task is revoked once (one broadcast for all of them), not at every supervision pass."""
     client = sync_redis()
@@ -163,7 +163,7 @@ def request_stops(sids: Sequence[str], revoke: Callable[[list[str]], None] | Non
         revoke([owner.decode().rsplit(":", 1)[-1] for owner in newly])
 
 
-def supervise(enabled: Iterable[str], start: Callable[[str], None],
+def supervise(enabled: Iterable[StreamId], start: Callable[[StreamId], None],
               revoke: Callable[[list[str]], None] | None = None) -> Actions:
     """One pass: every enabled stream runs, every running stream is enabled."""
     actions = Actions()

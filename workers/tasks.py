@@ -33,7 +33,7 @@ from project.celery import Tick, app
 from streams.binance.logcontext import stream_context
 from streams.failures import describe, is_transient
 from workers import supervisor
-from workers.keys import BEAT_SEEN, PERIODIC_ERRORS, parse_stream_id, stream_id
+from workers.keys import BEAT_SEEN, PERIODIC_ERRORS, StreamId, stream_id
 from workers.redis import sync_redis
 from workers.runtime import ShutdownSignal
 from workers.summary import TALLY
@@ -77,18 +77,17 @@ def run_stream(self: Task[..., str], symbol: str, channel: str) -> str:
     # The process's runtime hosts the stream (one event loop, shared connections); this thread waits.
     TALLY.stream_progress(tallied, 0, 0)
     try:
-        with stream_context(stream_id(symbol, channel)):
-            outcome = runtime(SHUTDOWN).run_stream(symbol, channel, owner=f"{hostname}:{os.getpid()}:{task_id}",
-                                                   publish=publish)
+        sid = stream_id(symbol, channel)
+        with stream_context(sid):
+            outcome = runtime(SHUTDOWN).run_stream(sid, owner=f"{hostname}:{os.getpid()}:{task_id}", publish=publish)
         TALLY.stream_progress(tallied, outcome.trades, 0)
     finally:
         TALLY.stream_ended(tallied)
     return outcome.reason
 
 
-def _dispatch(sid: str) -> None:
-    symbol, channel = parse_stream_id(sid)
-    run_stream.apply_async(kwargs={"symbol": symbol, "channel": channel}, queue=STREAMS_QUEUE)
+def _dispatch(sid: StreamId) -> None:
+    run_stream.apply_async(kwargs={"symbol": sid.symbol, "channel": sid.channel}, queue=STREAMS_QUEUE)
 
 
 def _revoke(task_ids: list[str]) -> None:
@@ -133,11 +132,12 @@ def supervise_streams() -> dict[str, list[str]]:
     from workers.registry import enabled_streams
 
     def work() -> dict[str, list[str]]:
-        actions = supervisor.supervise([stream_id(s, c) for s, c in enabled_streams()], _dispatch, _revoke)
+        actions = supervisor.supervise(enabled_streams(), _dispatch, _revoke)
+        done = {name: [str(sid) for sid in getattr(actions, name)] for name in ("started", "restarted", "stopped")}
         if actions.started or actions.restarted or actions.stopped:
-            logger.info("supervise: started %s, restarted %s, stopped %s", actions.started, actions.restarted,
-                        actions.stopped)
-        return {"started": actions.started, "restarted": actions.restarted, "stopped": actions.stopped}
+            logger.info("supervise: started %s, restarted %s, stopped %s", done["started"], done["restarted"],
+                        done["stopped"])
+        return done
 
     return _periodic("supervise", work, {})
 

@@ -19,7 +19,7 @@ from django.conf import settings
 from streams import queries
 from streams.binance.logcontext import stream_context
 from streams.binance.sequence import Gap
-from workers.keys import stream_id
+from workers.keys import StreamId, stream_id
 from workers.models import AuditMark
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def verify_stored(symbol: str, channel: str, seconds: float = 600.0) -> int | No
     id, or `seconds`. Returns the watermark. For the archive import, which has just stored a range."""
     sid = stream_id(symbol, channel)
     with stream_context(sid):
-        return walk(sid, symbol, channel, max(settings.COLLECTOR_AUDIT_SCAN, _VERIFY_SCAN), on_holes=None,
+        return walk(sid, max(settings.COLLECTOR_AUDIT_SCAN, _VERIFY_SCAN), on_holes=None,
                     seconds=seconds).verified_through
 
 
@@ -53,28 +53,28 @@ def watermark(symbol: str, channel: str) -> int | None:
 
 def lower_watermark(symbol: str, channel: str, below: int) -> None:
     """Ids from `below + 1` on are not verified any more (stored under the verified range, or found missing)."""
-    moved = AuditMark.objects.filter(stream=stream_id(symbol, channel), verified_through__gt=below).update(
+    moved = AuditMark.objects.filter(stream=str(stream_id(symbol, channel)), verified_through__gt=below).update(
         verified_through=below)
     if moved:
         logger.info("%s: audit watermark back to %d", stream_id(symbol, channel), below)
 
 
-def _mark(sid: str) -> int | None:
-    return AuditMark.objects.filter(stream=sid).values_list("verified_through", flat=True).first()
+def _mark(sid: StreamId) -> int | None:
+    return AuditMark.objects.filter(stream=str(sid)).values_list("verified_through", flat=True).first()
 
 
-def _move_mark(sid: str, old: int | None, new: int) -> bool:
+def _move_mark(sid: StreamId, old: int | None, new: int) -> bool:
     """Compare-and-set: a watermark lowered meanwhile (an import) is never raised over unverified ids."""
     if old is None:
-        return AuditMark.objects.get_or_create(stream=sid, defaults={"verified_through": new})[1]
-    return AuditMark.objects.filter(stream=sid, verified_through=old).update(verified_through=new) == 1
+        return AuditMark.objects.get_or_create(stream=str(sid), defaults={"verified_through": new})[1]
+    return AuditMark.objects.filter(stream=str(sid), verified_through=old).update(verified_through=new) == 1
 
 
-def walk(sid: str, symbol: str, channel: str, scan: int, *, on_holes: OnHoles | None,
-         seconds: float = _PASS_SECONDS) -> Pass:
+def walk(sid: StreamId, scan: int, *, on_holes: OnHoles | None, seconds: float = _PASS_SECONDS) -> Pass:
     """Move the watermark of stream `sid` up, slice by slice, for at most `seconds`. A slice with holes goes to
     `on_holes` (which fills what it can and says how far the slice is whole now, and what it stored); without
     it the walk stops just before the first hole."""
+    symbol, channel = sid.symbol, sid.channel
     mark = _mark(sid)
     start = mark if mark is not None else queries.first_id(symbol, channel)
     top = queries.last_id(symbol, channel)

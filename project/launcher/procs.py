@@ -29,7 +29,7 @@ from typing import TextIO
 
 from project.envfiles import EnvFileError
 from project.launcher.profiles import Profile, profile_env
-from streams.binance.backoff import Backoff
+from streams.binance.backoff import RETRY, Backoff
 
 PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")  # honcho's; other lines (comments) are skipped
 COLOURS = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")  # ANSI, one per process, as honcho
@@ -49,13 +49,16 @@ class ProcessSpec:
     command: str
 
 
+_RESTART = RETRY["process restart"]
+
+
 @dataclass(frozen=True)
 class RestartPolicy:
     """When a dead process starts again: exponential backoff with full jitter, capped."""
 
-    base: float = 1.0
-    cap: float = 30.0
-    stable_after: float = 30.0  # s; a process that ran this long starts its backoff afresh
+    base: float = _RESTART.base
+    cap: float = _RESTART.cap
+    stable_after: float = _RESTART.reset_after  # s; a process that ran this long starts its backoff afresh
     loud_after: int = 5  # quick deaths in a row before the runner shouts about it (then every 20th)
 
     def shout(self, failures: int) -> bool:
@@ -321,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-e", "--env", action="append", default=None,
                         help="env file(s), comma-separated or repeated; the environment wins (default: .env)")
     parser.add_argument("--grace", type=float, default=20.0, help="seconds between the stop signal and SIGKILL")
-    parser.add_argument("--backoff-base", type=float, default=1.0, help="seconds, the first restart's bound")
-    parser.add_argument("--backoff-cap", type=float, default=30.0, help="seconds, the largest restart delay")
-    parser.add_argument("--stable-after", type=float, default=30.0, help="seconds of running that reset backoff")
+    parser.add_argument("--backoff-base", type=float, default=_RESTART.base, help="seconds, the first restart's bound")
+    parser.add_argument("--backoff-cap", type=float, default=_RESTART.cap, help="seconds, the largest restart delay")
+    parser.add_argument("--stable-after", type=float, default=_RESTART.reset_after,
+                        help="seconds of running that reset backoff")
     parser.add_argument("names", nargs="*", help="only these processes")
     args = parser.parse_args(argv)
     env_files = tuple(Path(name) for value in (args.env or [".env"]) for name in value.split(",") if name)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streams.binance.streamid import StreamId
 
 _STREAM: contextvars.ContextVar[str] = contextvars.ContextVar("stream", default="-")
 
@@ -18,9 +22,9 @@ def current_stream() -> str:
 
 
 @contextlib.contextmanager
-def stream_context(sid: str) -> Iterator[None]:
-    """Every line logged inside (and in asyncio tasks started inside) carries `sid`."""
-    token = _STREAM.set(sid)
+def stream_context(sid: StreamId | str) -> Iterator[None]:
+    """Every line logged inside (and in asyncio tasks started inside) carries `sid` (its text)."""
+    token = _STREAM.set(str(sid))
     try:
         yield
     finally:

@@ -112,7 +112,8 @@ class Trade(NamedTuple):
 
     @property
     def stream(self) -> str:
-        return f"{self.symbol.lower()}@{self.channel}"
+        """Its stream's name, the text of its `streams.binance.streamid.StreamId`."""
+        return stream_text(self.symbol, self.channel)
 
     def as_record(self) -> dict[str, Any]:
         """The seed's field names, with exact decimal strings and ISO 8601 UTC times."""
@@ -170,8 +171,14 @@ def normalize_channel(channel: str) -> str:
 
 
 def stream_name(symbol: str, channel: str) -> str:
-    """`btcusdt@trade`: stream names are lower case (spec: "All symbols for streams are lowercase")."""
-    return f"{normalize_symbol(symbol).lower()}@{normalize_channel(channel)}"
+    """`btcusdt@trade` from a symbol and a channel in any case (InvalidStreamName for a bad one)."""
+    return stream_text(normalize_symbol(symbol), normalize_channel(channel))
+
+
+def stream_text(symbol: str, channel: str) -> str:
+    """`btcusdt@trade` from the exchange's symbol and channel: stream names are lower case (spec: "All
+    symbols for streams are lowercase"). The one spelling of a stream's name."""
+    return f"{symbol.lower()}@{channel}"
 
 
 def split_stream_name(name: str) -> tuple[str, str]:

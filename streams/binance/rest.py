@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from streams.binance.backoff import Backoff
+from streams.binance.backoff import RETRY, Policy
 from streams.binance.errors import (
     ExchangeUnavailable,
     IpBanned,
@@ -65,7 +65,7 @@ class BinanceRest:
     Before each call it checks the weight it has seen used this minute (the exchange's
     X-MBX-USED-WEIGHT-1M) against `weight_limit * weight_budget` and waits for the next minute if the
     call would go over; a 429 or 418 is waited out for its Retry-After (up to `max_wait`); 5xx and
-    network errors are retried with exponential backoff, `retries` times.
+    network errors are retried on the `retry` policy (RETRY["rest request"] by default).
     """
 
     def __init__(
@@ -76,9 +76,7 @@ class BinanceRest:
         weight_limit: int = 6000,
         weight_budget: float = 0.8,
         max_wait: float = 120.0,
-        retries: int = 5,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 8.0,
+        retry: Policy = RETRY["rest request"],
         micros: bool = False,
         budget: WeightBudget | None = None,
         sleep: Sleep = asyncio.sleep,
@@ -90,9 +88,7 @@ class BinanceRest:
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers)
         self._weight_cap = int(weight_limit * weight_budget)
         self._max_wait = max_wait
-        self._retries = retries
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
+        self._retry = retry
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._weight_minute = -1
@@ -130,7 +126,7 @@ class BinanceRest:
     async def validate_symbol(self, symbol: str, *, wait: float = 0.0) -> dict[str, Any]:
         """symbol_info, trying for `wait` seconds while the exchange cannot be reached (a starting demo)."""
         deadline = time.monotonic() + wait
-        backoff = Backoff(self._backoff_base, self._backoff_cap)
+        backoff = RETRY["exchange reachable"].backoff()
         while True:
             try:
                 return await self.symbol_info(symbol)
@@ -175,7 +171,7 @@ class BinanceRest:
     # --- transport --------------------------------------------------------------------------------
 
     async def _get(self, path: str, params: dict[str, Any]) -> Any:
-        backoff = Backoff(self._backoff_base, self._backoff_cap, attempts=self._retries)
+        backoff = self._retry.backoff()
         while True:
             try:
                 await self._wait_for_weight(_WEIGHTS.get(path, 1))

@@ -18,13 +18,13 @@ from typing import Any, Protocol
 from streams.binance.backoff import Backoff
 from streams.binance.connection import Connection, ConnectionSettings
 from streams.binance.errors import ConnectionLost, ParseError
-from streams.binance.protocol import ServerShutdown, Trade, stream_name
+from streams.binance.protocol import ServerShutdown, Trade
 from streams.binance.sequencer import Role
+from streams.binance.streamid import StreamId
 from streams.binance.waiting import STOPPED, unless_stopped
 
 logger = logging.getLogger(__name__)
 
-StreamKey = tuple[str, str]
 GATHER = 0.3  # s a new connection waits for more streams before it connects
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
@@ -56,7 +56,7 @@ class ConnectionSlot:
                  rotate_after: float, overlap_timeout: float, sleep: Callable[[float], Awaitable[None]],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.index = index
-        self.keys: set[StreamKey] = set()
+        self.keys: set[StreamId] = set()
         self.state = "idle"
         self.connection_attempts = 0
         self.reconnects = 0
@@ -84,12 +84,12 @@ class ConnectionSlot:
 
     # --- the client's side ------------------------------------------------------------------------
 
-    def add(self, keys: set[StreamKey]) -> None:
+    def add(self, keys: set[StreamId]) -> None:
         self.keys |= keys
         self.synced.clear()
         self._changed.set()
 
-    def remove(self, keys: set[StreamKey]) -> None:
+    def remove(self, keys: set[StreamId]) -> None:
         self.keys -= keys
         self.synced.clear()
         self._changed.set()
@@ -193,7 +193,7 @@ class ConnectionSlot:
                 return None
         self.state = "connecting"
         self.connection_attempts += 1
-        names = sorted(stream_name(*key) for key in self.keys)
+        names = sorted(str(key) for key in self.keys)
         connection = Connection(self._settings, names, self, self._clock, spawn=self._spawn)
         try:
             opened = await unless_stopped(connection.open(), self._stopping)
@@ -244,7 +244,7 @@ class ConnectionSlot:
         """SUBSCRIBE what was added and UNSUBSCRIBE what was removed since the connection opened: one
         request each, through the connection's token bucket (5 messages a second at most)."""
         self._changed.clear()
-        wanted = {stream_name(*key) for key in self.keys}
+        wanted = {str(key) for key in self.keys}
         have = set(connection.streams)
         try:
             if added := sorted(wanted - have):

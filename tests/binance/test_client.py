@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -11,16 +12,20 @@ from typing import Any
 
 import pytest
 
+from streams.binance.backoff import RETRY, Policy
 from streams.binance.client import ClientConfig, StreamClient
 from streams.binance.errors import UnknownSymbol
 from streams.binance.protocol import AGG_TRADE, TRADE, Trade
 from streams.binance.rest import BinanceRest
+from streams.binance.sequencer import Role
+from streams.binance.streamid import stream_id
 from streams.binance.supervision import TaskFailed
 from streams.fake.exchange import FakeExchange
 from streams.fake.proxy import tcp_proxy
 
+BTC = stream_id("BTCUSDT", TRADE)
 FAST = {
-    "backoff_base": 0.05, "backoff_cap": 0.2, "backoff_reset_after": 5.0,
+    "reconnect": Policy(0.05, 0.2, reset_after=5.0),
     "silence_timeout": 0.4, "probe_timeout": 0.4, "open_timeout": 2.0,
 }
 
@@ -42,7 +47,7 @@ async def exchange(**kwargs: Any) -> AsyncIterator[FakeExchange]:
 def client_for(ex: FakeExchange, streams: list[tuple[str, str]] | None = None, **tunables: Any) -> StreamClient:
     resume = tunables.pop("resume", None)
     rest = tunables.pop("rest", None)
-    config = ClientConfig.for_streams(ex.ws_url, ex.rest_url, streams or [("BTCUSDT", TRADE)],
+    config = ClientConfig.for_streams(ex.ws_url, ex.rest_url, streams or [BTC],
                                       **{**FAST, **tunables})
     return StreamClient(config, resume=resume, rest=rest, rng=random.Random(5))
 
@@ -76,7 +81,7 @@ async def test_it_delivers_the_exchanges_trades_in_order() -> None:
         ex.make_trades("BTCUSDT", 50)
         got = await take(client, 50)
         assert [identity(t) for t in got] == [identity(t) for t in ex.record("BTCUSDT")]
-        assert client.streams[("BTCUSDT", TRADE)].gaps_found == 0
+        assert client.streams[BTC].gaps_found == 0
 
 
 async def test_it_carries_several_symbols_on_one_combined_connection() -> None:
@@ -105,7 +110,7 @@ async def test_it_reconnects_after_a_fault_and_heals_the_gap_from_rest(fault: di
         await connected(client, ex)
         ex.make_trades("BTCUSDT", 15)  # arrive live: the jump from the last id shows the gap
         rest = await take(client, 40)
-        stream = client.streams[("BTCUSDT", TRADE)]
+        stream = client.streams[BTC]
         assert [t.trade_id for t in rest] == [t.trade_id for t in ex.record("BTCUSDT")[10:]]
         assert [identity(t) for t in rest] == [identity(t) for t in ex.record("BTCUSDT")[10:]]
         assert stream.gaps_found >= 1 and stream.gaps_healed >= 1 and stream.missed == 0
@@ -124,7 +129,7 @@ async def test_a_quiet_but_alive_connection_is_kept() -> None:
         await connected(client, ex)
         opened = client.stats.connected_since
         # No trades for several silence periods: each probe's answer proves the line is alive.
-        await until(lambda: client.probes >= 3)
+        await until(lambda: client.stats.probes >= 3)
         assert client.stats.reconnects == 0 and client.stats.connected_since == opened
 
 
@@ -137,8 +142,8 @@ async def test_backoff_grows_and_is_capped_while_the_exchange_is_down() -> None:
 
     async with exchange() as ex:
         ex.inject("down", duration=None)
-        config = ClientConfig.for_streams(ex.ws_url, ex.rest_url, [("BTCUSDT", TRADE)],
-                                          backoff_base=1.0, backoff_cap=16.0)
+        config = ClientConfig.for_streams(ex.ws_url, ex.rest_url, [BTC],
+                                          reconnect=Policy(1.0, 16.0))
         client = StreamClient(config, sleep=record_sleep, rng=random.Random(2))
         async with client:
             await until(lambda: len(delays) >= 12)
@@ -159,7 +164,7 @@ async def test_the_lifetime_cut_off_costs_no_trade(rotate: bool) -> None:
         ids = [t.trade_id for t in got]
         assert ids == list(range(ids[0], ids[0] + len(ids)))
         assert [identity(t) for t in got] == [record[i] for i in ids]
-        stream = client.streams[("BTCUSDT", TRADE)]
+        stream = client.streams[BTC]
         if rotate:
             assert client.stats.rotations >= 1 and stream.gaps_found == 0
         else:
@@ -174,7 +179,7 @@ async def test_a_server_shutdown_notice_rotates_without_a_gap() -> None:
         got = await take(client, 50)
         ids = [t.trade_id for t in got]
         assert ids == list(range(ids[0], ids[0] + len(ids)))
-        assert client.streams[("BTCUSDT", TRADE)].gaps_found == 0
+        assert client.streams[BTC].gaps_found == 0
 
 
 async def test_rest_429_is_waited_out() -> None:
@@ -187,7 +192,7 @@ async def test_rest_429_is_waited_out() -> None:
         ex.make_trades("BTCUSDT", 30)
         ex.inject("rest_429", count=1)
         rest = BinanceRest(ex.rest_url, sleep=record_sleep)
-        resume = {("BTCUSDT", TRADE): ex.record("BTCUSDT")[4].trade_id}
+        resume = {BTC: ex.record("BTCUSDT")[4].trade_id}
         async with client_for(ex, resume=resume, rest=rest) as client:
             got = await take(client, 25)
         await rest.aclose()
@@ -200,7 +205,7 @@ async def test_resume_backfills_what_was_made_while_stopped() -> None:
     async with exchange() as ex:
         ex.make_trades("BTCUSDT", 2500)  # three REST pages
         last_stored = ex.record("BTCUSDT")[99].trade_id
-        async with client_for(ex, resume={("BTCUSDT", TRADE): last_stored}) as client:
+        async with client_for(ex, resume={BTC: last_stored}) as client:
             await connected(client, ex)
             ex.make_trades("BTCUSDT", 10)
             got = await take(client, 2410)
@@ -211,10 +216,10 @@ async def test_resume_is_bounded_by_the_backfill_window() -> None:
     async with exchange() as ex:
         ex.make_trades("BTCUSDT", 300)
         last_stored = ex.record("BTCUSDT")[0].trade_id
-        resume = {("BTCUSDT", TRADE): last_stored}
+        resume = {BTC: last_stored}
         async with client_for(ex, resume=resume, backfill_max_trades=50) as client:
             got = await take(client, 50)
-            stream = client.streams[("BTCUSDT", TRADE)]
+            stream = client.streams[BTC]
         assert [t.trade_id for t in got] == [t.trade_id for t in ex.record("BTCUSDT")[250:]]
         assert stream.missed == 249 and stream.unhealed[0].size == 249
 
@@ -223,8 +228,8 @@ async def test_a_resume_point_from_another_exchange_is_refused_not_obeyed() -> N
     async with exchange() as ex:
         ex.make_trades("BTCUSDT", 5)
         ahead = ex.record("BTCUSDT")[-1].trade_id + 10**9  # ids that this exchange never made
-        async with client_for(ex, resume={("BTCUSDT", TRADE): ahead}) as client:
-            await until(lambda: client.streams[("BTCUSDT", TRADE)].resume_rejected)
+        async with client_for(ex, resume={BTC: ahead}) as client:
+            await until(lambda: client.streams[BTC].resume_rejected)
             await connected(client, ex)
             ex.make_trades("BTCUSDT", 10)
             got = await take(client, 10)
@@ -247,7 +252,7 @@ async def test_garbage_is_counted_and_skipped_and_no_trade_is_lost() -> None:
 async def test_live_subscribe_adds_a_stream_to_the_open_connection() -> None:
     async with exchange(symbols={"BTCUSDT": 0.0, "ETHUSDT": 0.0}) as ex, client_for(ex) as client:
         await connected(client, ex)
-        await client.subscribe("ethusdt", "trade")
+        await client.subscribe(stream_id("ethusdt", "trade"))
         ex.make_trades("ETHUSDT", 5)
         got = await take(client, 5)
         assert [identity(t) for t in got] == [identity(t) for t in ex.record("ETHUSDT")]
@@ -292,7 +297,7 @@ async def test_a_rest_answer_that_is_not_json_is_retried_like_a_5xx_and_the_gap_
 
 async def test_a_rest_that_never_answers_json_gives_the_gap_up_loudly_and_the_stream_goes_on() -> None:
     async with exchange() as ex:
-        rest = BinanceRest(ex.rest_url, sleep=fast_sleep, retries=2)
+        rest = BinanceRest(ex.rest_url, sleep=fast_sleep, retry=dataclasses.replace(RETRY["rest request"], attempts=2))
         async with client_for(ex, rest=rest) as client:
             await connected(client, ex)
             ex.make_trades("BTCUSDT", 5)
@@ -304,10 +309,10 @@ async def test_a_rest_that_never_answers_json_gives_the_gap_up_loudly_and_the_st
             await connected(client, ex)
             ex.make_trades("BTCUSDT", 5)
             got = await take(client, 5)  # the live trades after the gap are not held for ever
-            stream = client.streams[("BTCUSDT", TRADE)]
+            stream = client.streams[BTC]
         await rest.aclose()
         assert [identity(t) for t in got] == [identity(t) for t in ex.record("BTCUSDT")[25:]]
-        assert stream.missed == 20 and not stream.backfilling and client.stuck_for(("BTCUSDT", TRADE)) == 0
+        assert stream.missed == 20 and not stream.backfilling and client.stuck_for(BTC) == 0
 
 
 async def test_an_unexpected_error_in_a_background_task_ends_the_client_loudly(
@@ -343,7 +348,7 @@ async def test_a_stop_is_bounded_when_the_exchange_stops_answering() -> None:
     async with exchange() as ex:
         host, port = ex.ws_url.removeprefix("ws://").split(":")
         with tcp_proxy(host, int(port)) as ws_proxy:
-            config = ClientConfig.for_streams(f"ws://127.0.0.1:{ws_proxy.port}", ex.rest_url, [("BTCUSDT", TRADE)],
+            config = ClientConfig.for_streams(f"ws://127.0.0.1:{ws_proxy.port}", ex.rest_url, [BTC],
                                               **{**FAST, "open_timeout": 30.0, "stop_timeout": 1.0})
             client = StreamClient(config, rng=random.Random(5))
             client.start()
@@ -380,9 +385,22 @@ async def test_ids_that_go_back_are_counted_kept_for_the_audit_and_not_handed_on
         ex.inject("replay", symbol="BTCUSDT", count=12)
         ex.make_trades("BTCUSDT", 3)
         got = await take(client, 3)
-        stream = client.streams[("BTCUSDT", TRADE)]
+        stream = client.streams[BTC]
         assert [identity(t) for t in got] == [identity(t) for t in ex.record("BTCUSDT")[30:]]
         assert stream.ids_back == 12 and stream.duplicates == 0
         assert [t.trade_id for t in stream.regressions] == [t.trade_id for t in ex.record("BTCUSDT")[18:30]]
     went_back = [r for r in caplog.records if "trade id went back" in r.getMessage()]
     assert len(went_back) == 1  # the first of the run, not one line per trade
+
+
+def test_the_lag_is_never_negative_when_the_clocks_disagree_by_a_millisecond() -> None:
+    # Seen as "lag -1 ms" on the status page: this host's clock a little behind the exchange's.
+    client = StreamClient(ClientConfig.for_streams("ws://127.0.0.1:9", "http://127.0.0.1:9", [BTC]))
+    stream = client.streams[BTC]
+    event_ms = 1_700_000_000_123
+    for received_us, event_ts, lag in [(event_ms * 1000 - 800, event_ms, 0),             # 0.8 ms "before" it
+                                       (event_ms * 1000 + 2_500, event_ms, 2),           # 2.5 ms after
+                                       (event_ms * 1000 - 5, event_ms * 1000 + 400, 0)]:  # µs event times
+        trade = Trade("BTCUSDT", TRADE, 1, "1.0", "1.0", event_ts, event_ts, False, received_us=received_us)
+        client.on_trade(None, Role.PRIMARY, trade)  # type: ignore[arg-type]  # the slot is not looked at
+        assert stream.lag_ms == lag

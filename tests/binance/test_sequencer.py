@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from streams.binance.protocol import TRADE, Trade
 from streams.binance.sequence import Gap
-from streams.binance.sequencer import Role, Sequencer
+from streams.binance.sequencer import NOTHING, ONE_READY, Change, Role, Sequencer
 
 BASE = 1_000
 
@@ -38,7 +38,7 @@ class Exchange(RuleBasedStateMachine):
         self.successor: int | None = None
         self.retired: int | None = None
         self.replays = 0
-        self.seen = -1  # the newest id a primary or successor delivered
+        self.seen = -1  # the newest id a primary or successor delivered, or REST was asked to reach
         self.handed: list[Trade] = []
 
     # --- the exchange and its connections ---------------------------------------------------------
@@ -120,6 +120,14 @@ class Exchange(RuleBasedStateMachine):
         ids = range(wanted.first, min(wanted.last, newest) + 1)
         self.sequencer.page([trade(i) for i in list(ids)[:page]])
 
+    @rule()
+    def catch_up(self) -> None:
+        """The driver asks REST for the newest id (a resume): REST may then deliver trades the primary has
+        not delivered yet, and the primary's copies are overlap, never ids going back."""
+        if self.made and self.sequencer.last_id is not None:
+            self.sequencer.catch_up(BASE + self.made - 1)
+            self.seen = max(self.seen, BASE + self.made - 1)
+
     @rule(limit=st.one_of(st.none(), st.integers(1, 20)))
     def take(self, limit: int | None) -> None:
         self.handed += self.sequencer.take(limit)
@@ -181,10 +189,10 @@ def test_a_gap_rest_cannot_fill_is_given_up_loudly_and_the_held_trades_go_on() -
     sequencer = Sequencer(last_id=BASE)
     sequencer.live(trade(BASE + 5))
     sequencer.live(trade(BASE + 6))
-    sequencer.give_up("REST answered 503 five times")
+    change = sequencer.give_up("REST answered 503 five times")
     assert [t.trade_id for t in sequencer.take()] == [BASE + 5, BASE + 6]
-    assert sequencer.counters.missed == 4 and sequencer.losses() == [(Gap(BASE + 1, BASE + 4),
-                                                                       "REST answered 503 five times")]
+    assert sequencer.counters.missed == 4 and change == Change(
+        ready=2, losses=((Gap(BASE + 1, BASE + 4), "REST answered 503 five times"),))
 
 
 def test_the_backfill_window_keeps_the_newest_ids() -> None:
@@ -224,3 +232,39 @@ def test_a_quiet_stream_catches_up_without_a_live_trade() -> None:
     assert sequencer.wanted == Gap(BASE + 1, BASE + 3)
     sequencer.page([trade(BASE + i) for i in range(1, 4)])
     assert [t.trade_id for t in sequencer.take()] == [BASE + 1, BASE + 2, BASE + 3] and sequencer.wanted is None
+
+
+def test_a_resumed_stream_counts_live_trades_at_or_below_its_resume_point_as_overlap_not_ids_back() -> None:
+    # Seen as ids_back=135 on the status page after a clean restart: the new subscription's first trades
+    # were at or below the resume point (what was stored before), which is overlap, not ids going back.
+    sequencer = Sequencer(last_id=BASE + 10)
+    for i in range(8, 13):
+        sequencer.live(trade(BASE + i))
+    assert [t.trade_id for t in sequencer.take()] == [BASE + 11, BASE + 12]
+    assert sequencer.counters.ids_back == 0 and sequencer.counters.duplicates == 3
+    sequencer.live(trade(BASE + 9))  # below what this subscription handed on itself: a real regression
+    assert sequencer.counters.ids_back == 1 and [t.trade_id for t in sequencer.regressions] == [BASE + 9]
+
+
+def test_live_trades_that_rest_fetched_first_are_overlap_not_ids_back() -> None:
+    sequencer = Sequencer(last_id=BASE)
+    sequencer.catch_up(BASE + 5)  # a resume: REST fetches up to the exchange's newest trade
+    sequencer.page([trade(BASE + i) for i in range(1, 6)])
+    for i in range(3, 8):  # the subscription's first trades were made before REST was asked
+        sequencer.live(trade(BASE + i))
+    assert [t.trade_id for t in sequencer.take()] == [BASE + i for i in range(1, 8)]
+    assert sequencer.counters.ids_back == 0 and sequencer.counters.duplicates == 3
+
+
+def test_each_input_says_what_it_changed_for_the_driver_to_act_on() -> None:
+    sequencer = Sequencer(last_id=BASE)
+    assert sequencer.live(trade(BASE)) is NOTHING        # overlap with the resume point: nothing to do
+    assert sequencer.live(trade(BASE + 1)) is ONE_READY  # the common case costs no allocation
+    assert sequencer.live(trade(BASE + 5)) == Change(holding=True, wanted=Gap(BASE + 2, BASE + 4))
+    assert sequencer.live(trade(BASE + 6)) == Change(holding=True, wanted=Gap(BASE + 2, BASE + 4))
+    assert sequencer.page([trade(BASE + 2), trade(BASE + 3)]) == Change(ready=2, holding=True,
+                                                                         wanted=Gap(BASE + 4, BASE + 4))
+    assert sequencer.page([trade(BASE + 4)]) == Change(ready=3)  # the gap healed: the held trades go on
+    assert sequencer.live(trade(BASE + 3)) == Change(went_back=((BASE + 3, BASE + 6),))  # logged once per run
+    assert sequencer.live(trade(BASE + 4)) is NOTHING
+    assert len(sequencer.take()) == 6 and sequencer.counters.ids_back == 2

@@ -13,6 +13,7 @@ from pytest_django import DjangoAssertNumQueries
 
 from streams import partitions
 from streams.binance.protocol import AGG_TRADE, TRADE, Trade
+from streams.binance.streamid import stream_id
 from streams.models import PriceUpdate
 from streams.storage import last_stored_ids, store_trades
 
@@ -94,7 +95,8 @@ def test_trade_and_agg_trade_ids_are_kept_apart() -> None:
     assert (rows[0].first_trade_id, rows[0].last_trade_id) == (21, 23)
     assert [r.pk for r in rows] == ["BTCUSDT:aggTrade:7", "BTCUSDT:trade:7", "ETHUSDT:trade:7"]
     assert PriceUpdate.objects.get(pk="BTCUSDT:aggTrade:7").channel == AGG_TRADE
-    assert last_stored_ids([("BTCUSDT", TRADE), ("BNBUSDT", TRADE)]) == {("BTCUSDT", TRADE): 7}
+    btc, bnb = stream_id("BTCUSDT", TRADE), stream_id("BNBUSDT", TRADE)
+    assert last_stored_ids([btc, bnb]) == {btc: 7}
 
 
 def test_postgresql_keeps_every_value_exactly() -> None:
@@ -210,7 +212,7 @@ def test_the_last_stored_id_and_the_latest_trades_are_index_walks() -> None:
     trades = [make(i, ts=1723161255342 + i) for i in range(1, 20_001)]
     store_trades(trades + [make(i, symbol="ETHUSDT") for i in range(1, 20_001)])
     raw("ANALYZE streams_trade")
-    assert last_stored_ids([("BTCUSDT", TRADE)]) == {("BTCUSDT", TRADE): 20_000}
+    assert last_stored_ids([stream_id("BTCUSDT", TRADE)]) == {stream_id("BTCUSDT", TRADE): 20_000}
     latest = PriceUpdate.objects.filter(ticker_symbol="BTCUSDT", channel=TRADE).order_by("-trade_id")[:200]
     assert [row.trade_id for row in latest] == list(range(20_000, 19_800, -1))
     sql, params = latest.query.sql_with_params()

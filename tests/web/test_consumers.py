@@ -22,6 +22,7 @@ from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 
 from streams.binance.protocol import TRADE, Trade
+from streams.binance.streamid import StreamId
 from streams.broadcast import ALL_TRADES_GROUP, Broadcaster, trade_message
 from streams.fake.proxy import tcp_proxy
 from web.asgi import application
@@ -349,8 +350,9 @@ async def test_the_state_comes_from_the_streams_statuses(clean_redis: None, sett
 
     settings.LIVE_STATE_INTERVAL = 0.1
     await sync_to_async(enable_stream)("BTCUSDT", TRADE)
-    write_status_now(sync_redis(), "btcusdt@trade", StreamStatus(state="connected", worker="w1", trades_per_s=7.25,
-                                                                 lag_ms=21, last_frame_age=0.0), ttl=60)
+    write_status_now(sync_redis(), StreamId.parse("btcusdt@trade"),
+                     StreamStatus(state="connected", worker="w1", trades_per_s=7.25, lag_ms=21, last_frame_age=0.0),
+                     ttl=60)
     page = await open_page("/ws/trades/btcusdt/")
     async for frame in frames(page):
         if isinstance(frame, dict) and frame["type"] == "state" and frame["streams"]:

@@ -9,6 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.binance.streamid import StreamId
 from streams.fake.proxy import tcp_proxy
 from workers.keys import BEAT_SEEN
 from workers.redis import sync_redis
@@ -29,7 +30,7 @@ def report_status(sid: str, **fields: Any) -> None:
     values: dict[str, Any] = {"state": "connected", "worker": "w1", "last_frame_age": 0.1, "trades": 42,
                               "reconnects": 1, "gaps_healed": 2, "lag_ms": 15}
     values.update(fields)
-    write_status_now(sync_redis(), sid, StreamStatus(**values), ttl=60)
+    write_status_now(sync_redis(), StreamId.parse(sid), StreamStatus(**values), ttl=60)
 
 
 def test_a_stalled_stream_shows_as_stalled(clean_redis: None, settings: Any) -> None:

@@ -21,6 +21,7 @@ from django.conf import settings
 
 from benchmarks.webprocess import ROOT, free_port, start_web, wait_listening
 from streams.binance.protocol import TRADE, Trade
+from streams.binance.streamid import StreamId
 from streams.broadcast import ALL_TRADES_GROUP, Broadcaster
 from streams.fake.proxy import TcpProxy, tcp_proxy
 from streams.storage import store_trades
@@ -87,7 +88,7 @@ def broadcast(trades: list[Trade]) -> None:
 
 def write_status(state: str, frame_age: float, trades_per_s: float = 3.5, lag_ms: int = 12) -> None:
     now = time.time()
-    sync_redis().hset(status_key("btcusdt@trade"), mapping={
+    sync_redis().hset(status_key(StreamId.parse("btcusdt@trade")), mapping={
         "state": state, "worker": "w1", "updated_at": str(now), "last_frame_at": str(now - frame_age),
         "last_frame_age": str(frame_age), "trades_per_s": str(trades_per_s), "lag_ms": str(lag_ms)})
 

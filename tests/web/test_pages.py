@@ -12,9 +12,10 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from streams.binance.protocol import TRADE, Trade
+from streams.binance.streamid import StreamId
 from streams.models import PriceUpdate
 from streams.storage import store_trades
-from workers.keys import status_key
+from workers.keys import status_key, stream_id
 from workers.redis import sync_redis
 from workers.registry import enable_stream
 
@@ -73,7 +74,7 @@ def test_a_stored_row_turns_back_into_the_same_trade() -> None:
 
 def test_the_status_page_lists_the_streams_and_their_state(clean_redis: None) -> None:
     enable_stream("BTCUSDT", TRADE)
-    sync_redis().hset(status_key("btcusdt@trade"), mapping={
+    sync_redis().hset(status_key(StreamId.parse("btcusdt@trade")), mapping={
         "state": "connected", "worker": "w1", "updated_at": str(time.time()), "last_frame_at": str(time.time())})
     client = Client()  # the status page is for staff
     client.force_login(User.objects.create_user("ops", is_staff=True))
@@ -93,7 +94,7 @@ def test_the_live_page_links_to_the_status_page_for_those_who_may_see_it(setting
 
 def test_the_status_page_says_what_each_counter_means_and_leads_back(clean_redis: None) -> None:
     enable_stream("BTCUSDT", TRADE)
-    sync_redis().hset(status_key("btcusdt@trade"), mapping={
+    sync_redis().hset(status_key(stream_id("BTCUSDT", TRADE)), mapping={
         "state": "connected", "worker": "streams@host:42:8d9f1c2e-77aa-4b1e-9c55-0123456789ab",
         "updated_at": str(time.time()), "ids_back": "135", "last_error": "REST: 429"})
     client = Client()

@@ -13,7 +13,7 @@ from streams.binance.protocol import TRADE
 from tests.web.test_live_page_browser import chromium, needs_browser, web, web_env  # noqa: F401 - web: a fixture
 from workers.coverage import CALENDAR_DAYS, utc_today
 from workers.deadletters import DeadLetter, dead_letter
-from workers.keys import status_key
+from workers.keys import status_key, stream_id
 from workers.models import DayCoverage
 from workers.redis import sync_redis
 from workers.registry import enable_stream
@@ -30,7 +30,7 @@ def a_busy_service() -> None:
     client = sync_redis()
     for symbol in SYMBOLS:
         enable_stream(symbol, TRADE)
-        client.hset(status_key(f"{symbol.lower()}@trade"), mapping={
+        client.hset(status_key(stream_id(symbol, TRADE)), mapping={
             "state": "connected", "worker": "streams@collector-1:48213:8d9f1c2e-77aa-4b1e-9c55-0123456789ab",
             "updated_at": str(time.time()), "last_trade_age": "0.4", "trades_per_s": "1234.5", "messages": "987654",
             "reconnects": "12", "gaps_found": "3", "gaps_healed": "3", "missed": "0", "ids_back": "135",

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django_celery_beat.models import PeriodicTasks
 from pytest_django import DjangoAssertNumQueries, Settings
 
+from streams.binance.streamid import stream_id
 from streams.fake.exchange import FakeExchange, running_exchange
 from workers import listing, registry
 from workers.deadletters import REFUSED, DeadLetter, dead_letter
@@ -41,8 +42,8 @@ def admin_client_(client: Client) -> Client:
 
 @pytest.fixture
 def live_status() -> Iterator[str]:
-    key = status_key(f"{QUIET.lower()}@trade")
-    write_status_now(sync_redis(), f"{QUIET.lower()}@trade", StreamStatus(
+    key = status_key(stream_id(QUIET, "trade"))
+    write_status_now(sync_redis(), stream_id(QUIET, "trade"), StreamStatus(
         state="connected", trades_per_s=7.25, gaps_healed=3, last_trade_age=100.0, ids_back=4, errors=2,
         last_error="heartbeat: TimeoutError"), ttl=60)
     yield key
@@ -91,7 +92,7 @@ def test_the_add_page_creates_a_stream_for_a_listed_symbol(admin_client_: Client
     assert "Add symbol stream" in admin_client_.get(reverse(ADD)).content.decode()
     response = admin_client_.post(reverse(ADD), {"symbol": "btcusdt", "channel": "aggTrade"})
     assert response.status_code == 302, response.content.decode()
-    assert registry.enabled_streams() == [("BTCUSDT", "aggTrade")]
+    assert registry.enabled_streams() == [stream_id("BTCUSDT", "aggTrade")]
 
 
 def test_the_add_page_names_an_unknown_symbol(admin_client_: Client) -> None:
@@ -122,7 +123,7 @@ def test_the_actions_enable_and_disable_the_selected_streams(admin_client_: Clie
     assert response.status_code == 302
     assert registry.enabled_streams() == []
     admin_client_.post(reverse(CHANGELIST), {"action": "enable_selected", "_selected_action": [task.pk]})
-    assert registry.enabled_streams() == [("BTCUSDT", "trade")]
+    assert registry.enabled_streams() == [stream_id("BTCUSDT", "trade")]
 
 
 def test_a_stream_page_opens_read_only(admin_client_: Client) -> None:
@@ -139,7 +140,7 @@ ENABLE_TRADING = "admin:workers_enable_trading"
 
 def test_the_actions_change_every_selected_stream_in_one_transaction(
         admin_client_: Client, django_assert_max_num_queries: DjangoAssertNumQueries) -> None:
-    registry.enable_streams([(f"B{i:03d}USDT", "trade") for i in range(300)])
+    registry.enable_streams([stream_id(f"B{i:03d}USDT", "trade") for i in range(300)])
     pks = list(SymbolStream.objects.values_list("pk", flat=True))
     before = PeriodicTasks.last_change()
     with django_assert_max_num_queries(25):  # the session, the selection, one locked read, one UPDATE, the notice
@@ -170,7 +171,8 @@ def test_every_trading_symbol_of_a_quote_is_enabled_from_the_list_page(admin_cli
     assert "Enabled 11 streams; 1 symbol not trading skipped: A000USDT (BREAK)" in response.content.decode()
     assert market.stats.rest_requests["/api/v3/exchangeInfo"] == 1
     enabled = registry.enabled_streams()
-    assert len(enabled) == 11 and {c for _, c in enabled} == {"aggTrade"} and ("A000USDT", "aggTrade") not in enabled
+    assert len(enabled) == 11 and {s.channel for s in enabled} == {"aggTrade"}
+    assert stream_id("A000USDT", "aggTrade") not in enabled
 
 
 def test_the_enable_trading_page_says_what_went_wrong(admin_client_: Client, market: FakeExchange,
@@ -188,7 +190,7 @@ def test_the_enable_trading_page_needs_a_staff_login(client: Client) -> None:
 
 
 def test_the_list_shows_a_symbol_that_does_not_trade(admin_client_: Client, market: FakeExchange) -> None:
-    registry.enable_streams([("A000USDT", "trade"), ("A001USDT", "trade")])
+    registry.enable_streams([stream_id("A000USDT", "trade"), stream_id("A001USDT", "trade")])
     listing.check_trading()
     page = admin_client_.get(reverse(CHANGELIST)).content.decode()
     assert page.count("not trading (BREAK)") == 1

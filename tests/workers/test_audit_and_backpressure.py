@@ -73,7 +73,7 @@ def test_a_full_buffer_holds_the_stream_says_so_and_loses_nothing(fast_settings:
     with running_exchange(symbols={"BTCUSDT": 150.0}, seed=72) as ex:
         fast_settings.BINANCE_WS_URL, fast_settings.BINANCE_REST_URL = ex.ws_url, ex.rest_url
         runtime = Runtime(shutdown)
-        runner = threading.Thread(target=lambda: runtime.run_stream("BTCUSDT", TRADE, owner="test:1"), daemon=True)
+        runner = threading.Thread(target=lambda: runtime.run_stream(sid, owner="test:1"), daemon=True)
         runner.start()
         try:
             # Nobody flushes: the buffer fills to its bound, and the status shows the alarm.

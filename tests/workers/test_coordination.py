@@ -7,13 +7,13 @@ import time
 from typing import Any
 
 from workers.budget import take_connection_slot
-from workers.keys import lease_key, stop_key
+from workers.keys import StreamId, lease_key, stop_key, stream_id
 from workers.leases import Lease
 from workers.redis import async_redis, sync_redis
 from workers.status import StreamStatus, queue_status, write_status_now
 from workers.supervisor import ensure_running, supervise
 
-SID = "btcusdt@trade"
+SID = stream_id("BTCUSDT", "trade")
 
 
 async def test_a_lease_has_one_owner_and_only_the_owner_renews_or_releases_it(clean_redis: None) -> None:
@@ -65,14 +65,15 @@ async def test_the_connection_budget_is_never_exceeded_by_many_takers(clean_redi
 
 class Starts:
     def __init__(self) -> None:
-        self.sids: list[str] = []
+        self.sids: list[StreamId] = []
 
-    def __call__(self, sid: str) -> None:
+    def __call__(self, sid: StreamId) -> None:
         self.sids.append(sid)
 
 
 def write_status(**fields: Any) -> None:
-    write_status_now(sync_redis(), SID, StreamStatus(**{"state": "connected", "last_frame_age": 0.0, **fields}), ttl=60)
+    values: dict[str, Any] = {"state": "connected", "last_frame_age": 0.0, **fields}
+    write_status_now(sync_redis(), SID, StreamStatus(**values), ttl=60)
 
 
 def test_a_stream_without_a_task_is_started_once(clean_redis: None, settings: Any) -> None:
@@ -142,7 +143,7 @@ def test_a_pass_over_many_streams_takes_a_few_round_trips_and_decides_each_one(
         clean_redis: None, settings: Any, monkeypatch: Any) -> None:
     settings.COLLECTOR_STALE_AFTER = 5.0
     client = sync_redis()
-    sids = [f"m{i:03d}usdt@trade" for i in range(400)]
+    sids = [stream_id(f"M{i:03d}USDT", "trade") for i in range(400)]
     with client.pipeline(transaction=False) as pipe:
         for i, sid in enumerate(sids[:300]):  # 300 running; every 10th of them stale
             pipe.set(lease_key(sid), f"w:1:task-{i}")
@@ -150,14 +151,14 @@ def test_a_pass_over_many_streams_takes_a_few_round_trips_and_decides_each_one(
             queue_status(pipe, sid, StreamStatus(state="connected", last_frame_age=age), ttl=60)
         for sid in sids[300:350]:  # 50 disabled before (a stop flag for anyone), enabled again, not running
             pipe.set(stop_key(sid), "*")
-        pipe.set(lease_key("gone@trade"), "w:1:task-gone")  # running, not enabled
+        pipe.set(lease_key(StreamId.parse("gone@trade")), "w:1:task-gone")  # running, not enabled
         pipe.execute()
     starts = Starts()
     trips = RoundTrips(monkeypatch)
     actions = supervise(sids, starts, lambda task_id: None)
     assert trips.count <= 5  # read, act, the lease scan, the stop of the unwanted one, the pass's mark
     assert len(actions.running) == 270 and actions.restarted == sids[:300:10]
-    assert starts.sids == actions.started == sids[300:] and actions.stopped == ["gone@trade"]
+    assert starts.sids == actions.started == sids[300:] and actions.stopped == [StreamId.parse("gone@trade")]
     assert client.get(stop_key(sids[10])) == b"w:1:task-10" and not client.exists(stop_key(sids[300]))
     again = supervise(sids, starts, lambda task_id: None)  # dispatched, no lease yet: not dispatched again
     assert again.started == [] and again.restarted == [] and len(starts.sids) == 100

@@ -8,6 +8,7 @@ import pytest
 from pytest_django import Settings
 
 from streams.binance.errors import ExchangeUnavailable
+from streams.binance.streamid import stream_id
 from streams.fake.exchange import FakeExchange, running_exchange
 from workers import listing, registry
 
@@ -38,7 +39,7 @@ def test_named_symbols_are_asked_for_by_name_and_many_take_the_whole_list_in_one
 
 def test_the_check_marks_what_stopped_trading_once_and_clears_it_when_it_trades_again(
         market: FakeExchange, caplog: pytest.LogCaptureFixture) -> None:
-    registry.enable_streams([(s, "trade") for s in SYMBOLS])
+    registry.enable_streams([stream_id(s, "trade") for s in SYMBOLS])
     assert listing.check_trading() == {} and info_calls(market) == 1  # 120 symbols: one call
     market.set_status("L007USDT", "BREAK")
     market.set_status("L008USDT", "HALT")
@@ -56,12 +57,12 @@ def test_the_check_marks_what_stopped_trading_once_and_clears_it_when_it_trades_
 
 
 def test_a_symbol_the_exchange_lists_no_more_is_marked_not_listed(market: FakeExchange) -> None:
-    registry.enable_streams([("L001USDT", "trade"), ("GONEUSDT", "trade")])
+    registry.enable_streams([stream_id("L001USDT", "trade"), stream_id("GONEUSDT", "trade")])
     assert listing.check_trading() == {"GONEUSDT": listing.NOT_LISTED}
 
 
 def test_a_disabled_symbol_is_no_longer_reported(market: FakeExchange, caplog: pytest.LogCaptureFixture) -> None:
-    registry.enable_streams([("L001USDT", "trade")])
+    registry.enable_streams([stream_id("L001USDT", "trade")])
     market.set_status("L001USDT", "BREAK")
     listing.check_trading()
     registry.disable_all()
@@ -71,7 +72,7 @@ def test_a_disabled_symbol_is_no_longer_reported(market: FakeExchange, caplog: p
 
 
 def test_the_check_keeps_the_marks_when_the_exchange_cannot_answer(market: FakeExchange, settings: Settings) -> None:
-    registry.enable_streams([("L001USDT", "trade")])
+    registry.enable_streams([stream_id("L001USDT", "trade")])
     market.set_status("L001USDT", "BREAK")
     listing.check_trading()
     settings.BINANCE_REST_URL = "http://127.0.0.1:9"

@@ -14,6 +14,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.binance.protocol import TRADE, Trade
+from streams.binance.streamid import StreamId, stream_id
 from workers.audit import AUDIT_COUNTS
 from workers.buffer import append_trades
 from workers.deadletters import DEAD_LETTERS_TOTAL
@@ -41,14 +42,14 @@ def report(sid: str, **fields: Any) -> None:
     values: dict[str, Any] = {"state": "connected", "worker": "w1", "last_frame_age": 0.1, "trades": 42,
                               "lag_ms": 1500, "connected_for": 30.0}
     values.update(fields)
-    write_status_now(sync_redis(), sid, StreamStatus(**values), ttl=60)
+    write_status_now(sync_redis(), StreamId.parse(sid), StreamStatus(**values), ttl=60)
 
 
 def count(sid: str, **deltas: int) -> None:
     """What a stream task's heartbeat does (workers.runtime: counters): add to the stream's counters."""
     with sync_redis().pipeline(transaction=False) as pipe:
         for name, delta in deltas.items():
-            pipe.hincrby(counters_key(sid), name, delta)
+            pipe.hincrby(counters_key(StreamId.parse(sid)), name, delta)
         pipe.execute()
 
 
@@ -158,7 +159,7 @@ def many_streams(clean_redis: None) -> Iterator[int]:
     client = sync_redis()
     with client.pipeline(transaction=False) as pipe:
         for i in range(n):
-            sid = f"s{i:04d}usdt@trade"
+            sid = stream_id(f"S{i:04d}USDT", "trade")
             pipe.hset(status_key(sid), mapping={"state": "connected", "last_frame_age": "0.1", "updated_at": "0"})
             pipe.hincrby(counters_key(sid), "trades", i)
         pipe.execute()
@@ -174,3 +175,24 @@ def test_a_scrape_costs_the_same_few_round_trips_for_1500_streams(many_streams: 
     # counters and the rest, two for the buffer: not one request per stream.
     assert trips.count <= 15, trips.count
 
+
+
+@pytest.mark.django_db(transaction=True)  # the live page's reader closes its thread's connection
+def test_the_status_page_the_metrics_and_the_live_page_show_one_state_from_one_rule(
+        clean_redis: None, settings: Any) -> None:
+    # The "stalled / not running" rule was written three times (health, metrics, the live page's state).
+    from web.live.state import streams_state
+    from workers.health import streams_report
+    from workers.status import NOT_RUNNING, STALLED
+
+    settings.COLLECTOR_STALE_AFTER = 5.0
+    for symbol in ("BTCUSDT", "ETHUSDT", "XRPUSDT"):
+        enable_stream(symbol, "trade")
+    report("btcusdt@trade")
+    report("ethusdt@trade", stuck_for=30.0)  # frames arrive, trades wait and nothing is handed on
+    expected = {"btcusdt@trade": "connected", "ethusdt@trade": STALLED, "xrpusdt@trade": NOT_RUNNING}
+    assert {s["stream"]: s["state"] for s in streams_report()["streams"]} == expected
+    assert {s["stream"]: s["state"] for s in streams_state()} == expected
+    scrape = samples()
+    assert all(scrape[("collector_stream_state", frozenset({("stream", sid), ("state", state)}))] == 1.0
+               for sid, state in expected.items())

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.binance.streamid import StreamId
 from workers.audit import AUDIT_COUNTS
 from workers.keys import BEAT_SEEN, DATASET_FACTS, PERIODIC_ERRORS, counters_key
 from workers.metrics import render
@@ -37,9 +38,10 @@ def exported(db: None, clean_redis: None) -> set[str]:
     """Every sample name /metrics renders, with data in every family."""
     enable_stream("BTCUSDT", "trade")
     client = sync_redis()
-    write_status_now(client, "btcusdt@trade", StreamStatus(state="connected", last_frame_age=0.1, last_trade_age=0.2,
-                                                         lag_ms=12, connected_for=5.0, stuck_for=1.0), ttl=60)
-    client.hincrby(counters_key("btcusdt@trade"), "trades", 3)
+    write_status_now(client, StreamId.parse("btcusdt@trade"),
+                     StreamStatus(state="connected", last_frame_age=0.1, last_trade_age=0.2, lag_ms=12,
+                                  connected_for=5.0, stuck_for=1.0), ttl=60)
+    client.hincrby(counters_key(StreamId.parse("btcusdt@trade")), "trades", 3)
     client.set(BEAT_SEEN, f"{server_time(client):.3f}")
     client.hincrby(PERIODIC_ERRORS, "flush", 1)
     client.hincrby(AUDIT_COUNTS, "holes", 1)

@@ -29,7 +29,7 @@ from tests.workers.test_worker_processes import celery_worker, drained
 from workers.audit import audit_counts, check_regressions, fill_holes
 from workers.buffer import flush_all
 from workers.deadletters import BAD_FRAME, recent_dead_letters
-from workers.keys import FAILURES, counters_key, last_failure_key, lease_key, stream_id
+from workers.keys import FAILURES, StreamId, counters_key, last_failure_key, lease_key, stream_id
 from workers.redis import sync_redis, text
 from workers.registry import enable_stream
 from workers.status import read_status
@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 SID = stream_id("BTCUSDT", TRADE)
 
 
-def owner(sid: str = SID) -> str:
+def owner(sid: StreamId = SID) -> str:
     value = sync_redis().get(lease_key(sid))
     return text(value) if value else ""
 
@@ -102,7 +102,7 @@ def test_an_unexpected_error_ends_the_task_loudly_and_the_stream_comes_back_whol
             wait_for(lambda: len(stored_ids("BTCUSDT")) >= 40, timeout=60)
             first = owner()
             ex.inject("stall", symbol="BTCUSDT")  # a silent connection, dropped by the client: a gap to backfill
-            wait_for(lambda: sync_redis().hget(FAILURES, SID) == b"1", timeout=30)
+            wait_for(lambda: sync_redis().hget(FAILURES, str(SID)) == b"1", timeout=30)
             assert sync_redis().hget(counters_key(SID), "task_failures") == b"1"
             assert "a bug nobody foresaw" in text(sync_redis().get(last_failure_key(SID)) or b"")
             wait_for(lambda: owner() not in ("", first), timeout=30)  # restarted by the supervisor
@@ -112,7 +112,7 @@ def test_an_unexpected_error_ends_the_task_loudly_and_the_stream_comes_back_whol
         assert_stored_run_equals_record(ex, "BTCUSDT", 100)
     logged = [r for r in caplog.records if "a bug nobody foresaw" in r.getMessage() and r.levelname == "ERROR"]
     assert len(logged) == 1 and logged[0].exc_info is not None  # once, with its traceback
-    assert getattr(logged[0], "stream", None) == SID or "btcusdt@trade" in caplog.text
+    assert getattr(logged[0], "stream", None) == str(SID) or "btcusdt@trade" in caplog.text
 
 
 def test_a_task_that_cannot_confirm_its_lease_drops_its_connection_before_another_task_starts(
@@ -166,7 +166,7 @@ def test_values_storage_cannot_hold_are_bad_frames_and_storage_goes_on(
             wait_for(drained, timeout=30)
         assert_stored_run_equals_record(ex, "BTCUSDT", 60)
     letters = recent_dead_letters(sync_redis())
-    assert {letter.kind for letter in letters} == {BAD_FRAME} and {letter.stream for letter in letters} == {SID}
+    assert {letter.kind for letter in letters} == {BAD_FRAME} and {letter.stream for letter in letters} == {str(SID)}
 
 
 def test_ids_that_go_back_are_shown_and_the_audit_finds_them_replayed(
@@ -330,7 +330,7 @@ def test_a_stopped_stream_never_has_its_resume_point_ahead_of_trades_still_held(
     with running_exchange(symbols={"BTCUSDT": 200.0}, seed=76) as ex:
         point_at(fast_settings, ex)
         runtime = Runtime(shutdown)
-        thread = threading.Thread(target=lambda: runtime.run_stream("BTCUSDT", TRADE, owner="test:1"), daemon=True)
+        thread = threading.Thread(target=lambda: runtime.run_stream(SID, owner="test:1"), daemon=True)
         thread.start()
         try:
             wait_for(lambda: sync_redis().get(last_id_key(SID)) is not None, timeout=30)

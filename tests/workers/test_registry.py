@@ -14,6 +14,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTa
 from pytest_django import DjangoAssertNumQueries, Settings
 
 from streams.binance.errors import ExchangeUnavailable, InvalidStreamName, UnknownSymbol
+from streams.binance.streamid import stream_id
 from streams.fake.exchange import FakeExchange
 from workers import registry
 
@@ -81,7 +82,7 @@ def test_enabled_streams_lists_only_the_enabled_ones() -> None:
     registry.enable_stream("BTCUSDT", "aggTrade")
     registry.enable_stream("ETHUSDT", "trade")
     registry.disable_stream("BTCUSDT", "aggTrade")
-    assert sorted(registry.enabled_streams()) == [("BTCUSDT", "trade"), ("ETHUSDT", "trade")]
+    assert sorted(registry.enabled_streams()) == [stream_id("BTCUSDT", "trade"), stream_id("ETHUSDT", "trade")]
 
 
 def test_enabled_streams_skips_a_task_with_broken_kwargs(caplog: pytest.LogCaptureFixture) -> None:
@@ -89,7 +90,7 @@ def test_enabled_streams_skips_a_task_with_broken_kwargs(caplog: pytest.LogCaptu
     broken = registry.enable_stream("ETHUSDT", "trade")
     broken.kwargs = '{"symbol": "ETHUSDT"}'
     broken.save()
-    assert registry.enabled_streams() == [("BTCUSDT", "trade")]
+    assert registry.enabled_streams() == [stream_id("BTCUSDT", "trade")]
     assert "stream ethusdt@trade" in caplog.text
 
 
@@ -129,7 +130,7 @@ def test_enable_with_validation_creates_nothing_for_an_unknown_symbol(exchange_s
 
 def test_enable_with_validation_creates_a_listed_symbol(exchange_settings: FakeExchange) -> None:
     registry.enable_stream("btcusdt", "aggTrade", validate=True)
-    assert registry.enabled_streams() == [("BTCUSDT", "aggTrade")]
+    assert registry.enabled_streams() == [stream_id("BTCUSDT", "aggTrade")]
 
 
 def test_validate_says_when_the_exchange_cannot_be_reached(settings: Settings) -> None:
@@ -152,7 +153,7 @@ def test_the_collector_tasks_exist_after_the_migrations() -> None:
 
 # --- in bulk --------------------------------------------------------------------------------------------------
 
-MANY = [(f"B{i:04d}USDT", "trade") for i in range(1500)]
+MANY = [stream_id(f"B{i:04d}USDT", "trade") for i in range(1500)]
 
 
 def test_enabling_1500_streams_is_a_few_statements_and_one_notice_to_beat(
@@ -190,9 +191,9 @@ def test_the_ticks_of_streams_enabled_together_are_spread_over_the_interval() ->
 
 
 def test_disabling_in_bulk_and_enabling_again() -> None:
-    registry.enable_streams([*MANY[:5], ("B0000USDT", "aggTrade")])
+    registry.enable_streams([*MANY[:5], stream_id("B0000USDT", "aggTrade")])
     before = PeriodicTasks.last_change()
-    changes = registry.disable_streams([*MANY[:3], ("ZZZZUSDT", "trade")])
+    changes = registry.disable_streams([*MANY[:3], stream_id("ZZZZUSDT", "trade")])
     assert changes.done == ["b0000usdt@trade", "b0001usdt@trade", "b0002usdt@trade"] and changes.already == []
     assert PeriodicTasks.last_change() > before
     disabled = PeriodicTask.objects.get(name="stream b0000usdt@trade")
@@ -204,7 +205,7 @@ def test_disabling_in_bulk_and_enabling_again() -> None:
 
 
 def test_disable_all_takes_every_stream_or_those_of_a_channel() -> None:
-    registry.enable_streams([*MANY[:4], ("B0000USDT", "aggTrade"), ("B0001USDT", "aggTrade")])
+    registry.enable_streams([*MANY[:4], stream_id("B0000USDT", "aggTrade"), stream_id("B0001USDT", "aggTrade")])
     assert sorted(registry.disable_all(["aggtrade"]).done) == ["b0000usdt@aggTrade", "b0001usdt@aggTrade"]
     assert len(registry.enabled_streams()) == 4
     changes = registry.disable_all()
@@ -215,7 +216,7 @@ def test_disable_all_takes_every_stream_or_those_of_a_channel() -> None:
 
 def test_a_bulk_enable_with_one_bad_symbol_writes_nothing() -> None:
     with pytest.raises(InvalidStreamName, match="BTC-USDT"):
-        registry.enable_streams([("BTCUSDT", "trade"), ("BTC-USDT", "trade")])
+        registry.enable_streams([stream_id("BTCUSDT", "trade"), stream_id("BTC-USDT", "trade")])
     assert not registry.stream_tasks().exists()
 
 

@@ -9,6 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from pytest_django import Settings
 
+from streams.binance.streamid import stream_id
 from streams.fake.exchange import FakeExchange, running_exchange
 from workers import listing, registry
 from workers.keys import status_key
@@ -31,9 +32,10 @@ def exchange_settings(settings: Settings, exchange: FakeExchange) -> FakeExchang
 def live_status() -> Iterator[str]:
     """A status report for zqcmdusdt@trade, as a running stream task writes it."""
     sid = f"{QUIET.lower()}@trade"
-    key = status_key(sid)
-    write_status_now(sync_redis(), sid, StreamStatus(state="connected", worker="w1", trades_per_s=12.5,
-                                                     gaps_healed=2, last_trade_age=100.0), ttl=60)
+    key = status_key(stream_id(QUIET, "trade"))
+    write_status_now(sync_redis(), stream_id(QUIET, "trade"),
+                     StreamStatus(state="connected", worker="w1", trades_per_s=12.5, gaps_healed=2,
+                                  last_trade_age=100.0), ttl=60)
     yield sid
     sync_redis().delete(key)
 
@@ -47,7 +49,7 @@ def streams(*args: str) -> str:
 def test_enable_creates_a_stream_for_a_listed_symbol() -> None:
     assert streams("enable", "btcusdt") == "enabled btcusdt@trade\n"
     assert streams("enable", "ETHUSDT", "--channel", "aggtrade") == "enabled ethusdt@aggTrade\n"
-    assert sorted(registry.enabled_streams()) == [("BTCUSDT", "trade"), ("ETHUSDT", "aggTrade")]
+    assert sorted(registry.enabled_streams()) == [stream_id("BTCUSDT", "trade"), stream_id("ETHUSDT", "aggTrade")]
 
 
 def test_enable_refuses_an_unknown_symbol_by_name() -> None:
@@ -137,7 +139,7 @@ def test_enable_all_with_a_quote_takes_every_trading_symbol_of_it_in_one_call(ma
         "enabled 37 streams; 3 symbols not trading skipped: A001USDT (BREAK), A002USDT (BREAK), A003USDT (HALT)\n")
     assert info_calls(market) == 1
     enabled = registry.enabled_streams()
-    assert len(enabled) == 37 and all(s.endswith("USDT") and s not in STOPPED for s, c in enabled)
+    assert len(enabled) == 37 and all(s.symbol.endswith("USDT") and s.symbol not in STOPPED for s in enabled)
     assert streams("enable", "--all", "--channel", "trade", "--channel", "aggTrade") == (
         "enabled 45 streams (37 already enabled); 4 symbols not trading skipped: A001USDT (BREAK), A002USDT (BREAK), "
         "A003USDT (HALT), C000BTC (BREAK)\n")
@@ -154,7 +156,7 @@ def test_enable_several_symbols_checks_them_in_one_call(market: FakeExchange) ->
     assert streams("enable", "a010usdt", "A011USDT", "C001BTC") == "enabled 3 streams\n"
     assert info_calls(market) == 1
     assert streams("enable", "A010USDT", "A012USDT") == "enabled 1 stream (1 already enabled)\n"
-    assert sorted(s for s, _ in registry.enabled_streams()) == ["A010USDT", "A011USDT", "A012USDT", "C001BTC"]
+    assert sorted(s.symbol for s in registry.enabled_streams()) == ["A010USDT", "A011USDT", "A012USDT", "C001BTC"]
 
 
 def test_enable_several_names_each_one_that_is_unknown_or_not_trading_and_enables_none(market: FakeExchange) -> None:
@@ -168,7 +170,7 @@ def test_enable_several_names_each_one_that_is_unknown_or_not_trading_and_enable
 
 
 def test_disable_several_and_all(market: FakeExchange) -> None:
-    registry.enable_streams([(s, "trade") for s in USDT[:6]] + [(USDT[0], "aggTrade")])
+    registry.enable_streams([stream_id(s, "trade") for s in USDT[:6]] + [stream_id(USDT[0], "aggTrade")])
     assert streams("disable", "A004USDT", "A005USDT") == "disabled 2 streams\n"
     with pytest.raises(CommandError, match="no stream a039usdt@trade"):
         streams("disable", "A000USDT", "A039USDT")
@@ -192,7 +194,8 @@ def test_bad_combinations_are_refused_by_name(args: tuple[str, ...], message: st
 
 def test_check_marks_enabled_symbols_that_stop_trading_and_list_and_status_show_it(
         market: FakeExchange, caplog: pytest.LogCaptureFixture) -> None:
-    registry.enable_streams([("A010USDT", "trade"), ("A011USDT", "trade"), ("A011USDT", "aggTrade")])
+    registry.enable_streams([stream_id("A010USDT", "trade"), stream_id("A011USDT", "trade"),
+                             stream_id("A011USDT", "aggTrade")])
     assert streams("check") == "2 enabled symbols checked: every one trades\n"
     market.set_status("A011USDT", "BREAK")
     assert streams("check") == "2 enabled symbols checked; 1 not trading (kept enabled): A011USDT (BREAK)\n"

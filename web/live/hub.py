@@ -28,7 +28,7 @@ from channels.layers import BaseChannelLayer, channel_layers
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 
-from streams.binance.backoff import Backoff
+from streams.binance.backoff import RETRY
 from streams.broadcast import ALL_TRADES_GROUP, MESSAGE_TYPE
 from streams.failures import describe, is_transient
 from web.live.inbox import Inbox
@@ -252,7 +252,7 @@ class Hub:
     async def _register_forever(self) -> None:
         """Join (again) now, then every third of the expiry, or at once after the feed failed."""
         assert self.layer is not None
-        backoff = Backoff(0.5, 10.0)
+        backoff = RETRY["live hub"].backoff()
         while True:
             try:
                 async with asyncio.timeout(self.config.redis_timeout):
@@ -278,7 +278,7 @@ class Hub:
         write, tens of µs on a small VM; 1,000 batches a second ate a third of a core)."""
         assert self.layer is not None
         inbox = Inbox(self.layer, self.channel, timeout=self.config.redis_timeout)
-        backoff = Backoff(0.5, 10.0)
+        backoff = RETRY["live hub"].backoff()
         loop = asyncio.get_running_loop()
         last = float("-inf")
         while True:

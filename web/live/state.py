@@ -23,23 +23,22 @@ def streams_state() -> list[dict[str, Any]]:
     """Every enabled or running stream: `stream`, `symbol`, `state`, `trades_per_s`, `lag_ms`, and for the
     hub alone (never sent to pages) `last_trade_age`, seconds since the stream task last got a trade.
 
-    The state is derived as `workers.health.streams_report` derives it: "not running" when enabled
-    without a task, "stalled" when its heartbeat, data or progress is stale."""
-    from workers.keys import parse_stream_id, stream_id
+    The state is `workers.status.shown_state`'s, as everywhere: "not running" when enabled without a task,
+    "stalled" when its heartbeat, data or progress is stale."""
     from workers.registry import enabled_streams
-    from workers.status import all_statuses, is_stale
+    from workers.status import all_statuses, shown_state
 
     close_old_connections()  # long-lived thread: a connection past its age is replaced
     try:
-        enabled = {stream_id(s, c) for s, c in enabled_streams()}
+        enabled = set(enabled_streams())
     finally:
         close_old_connections()
     statuses = all_statuses()
     streams = []
     for sid in sorted(enabled | set(statuses)):
         status = statuses.get(sid)
-        state = "not running" if status is None else ("stalled" if is_stale(status) else status.state)
-        streams.append({"stream": sid, "symbol": parse_stream_id(sid)[0], "state": state,
+        state = shown_state(status)
+        streams.append({"stream": str(sid), "symbol": sid.symbol, "state": state,
                         "trades_per_s": round(status.trades_per_s, 1) if status else 0.0,
                         "lag_ms": status.lag_ms if status else None,
                         "last_trade_age": status.last_trade_age if status else None})

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from streams.binance.backoff import RETRY
 from streams.binance.errors import InvalidStreamName, StreamError, UnknownSymbol
 from streams.binance.inputs import seconds, whole_number
 from streams.binance.logcontext import stream_context
@@ -22,6 +23,7 @@ from streams.binance.supervision import TaskFailed
 from streams.collector import Progress, collect_to_database
 from streams.config import client_config
 from streams.failures import describe
+from workers.store import ONE_OFF, store_for
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class Command(BaseCommand):
                                f"run again with --resume to backfill them from the exchange")
 
     async def _collect(self, symbol: str, channel: str, options: dict[str, Any]) -> Progress:
-        async with BinanceRest(settings.BINANCE_REST_URL, retries=2) as rest:
+        async with BinanceRest(settings.BINANCE_REST_URL, retry=RETRY["symbol check"]) as rest:
             await rest.validate_symbol(symbol, wait=options["wait_for_exchange"])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -109,6 +111,7 @@ class Command(BaseCommand):
         return await collect_to_database(
             client_config([(symbol, channel)]), batch_size=options["batch_size"], limit=options["limit"],
             resume=options["resume"], stop=stop, on_progress=self._show, flush_interval=options["flush_interval"],
+            store=store_for(ONE_OFF),  # what the database refuses is dead-lettered, as every writer's is
         )
 
     def _show(self, progress: Progress) -> None:
@@ -128,7 +131,7 @@ class Command(BaseCommand):
 
 
 def _summary(symbol: str, channel: str, p: Progress) -> str:
-    return (f"{symbol.lower()}@{channel}: stored {p.stored:,} trades in {p.elapsed:.1f} s "
+    return (f"{stream_name(symbol, channel)}: stored {p.stored:,} trades in {p.elapsed:.1f} s "
             f"({p.duplicates} duplicates skipped, {p.rejected} rejected); reconnects {p.reconnects}, "
             f"gaps found {p.gaps_found}, healed {p.gaps_healed}, trades missed {p.missed}, "
             f"parse errors {p.parse_errors}, database errors {p.db_errors}, broadcast drops {p.broadcast_dropped}")

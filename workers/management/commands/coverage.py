@@ -112,7 +112,7 @@ def _streams(symbol: str | None) -> list[tuple[str, str]]:
     from workers.registry import enabled_streams
 
     found = set(streams_covered(symbol))
-    found.update((s, c) for s, c in enabled_streams() if symbol in (None, s))
+    found.update((sid.symbol, sid.channel) for sid in enabled_streams() if symbol in (None, sid.symbol))
     if symbol:  # collected without being enabled (the one-off command): one index lookup per channel
         found.update((symbol, c) for c in CHANNELS if queries.first_id(symbol, c) is not None)
     return sorted(found)

@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from streams.binance.errors import InvalidStreamName, StreamError
 from streams.binance.protocol import CHANNELS, TRADE, normalize_channel, normalize_symbol
 from workers import listing, registry
-from workers.keys import stream_id
+from workers.keys import StreamId, stream_id
 from workers.status import read_status
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Command(BaseCommand):
                 trading, skipped = _named(symbols, "enable")
         except StreamError as exc:  # the exchange could not answer, or answered nonsense
             raise CommandError(f"cannot enable {_what(symbols, every)}: {exc}") from exc
-        changes = registry.enable_streams([(s, c) for s in trading for c in channels])
+        changes = registry.enable_streams([stream_id(s, c) for s in trading for c in channels])
         self.stdout.write(registry.summary("enabled", changes, skipped if every else None))
 
     def handle_disable(self, symbols: list[str], channels: list[str] | None, *, every: bool, **_: Any) -> None:
@@ -82,10 +82,10 @@ class Command(BaseCommand):
         else:
             if not symbols:
                 raise CommandError("`streams disable` needs a SYMBOL, like BTCUSDT (or several), or --all")
-            keys = [(s, c) for s in symbols for c in channels or [TRADE]]
-            known = set(registry.stream_tasks().filter(name__in=[registry.task_name(*k) for k in keys])
+            keys = [stream_id(s, c) for s in symbols for c in channels or [TRADE]]
+            known = set(registry.stream_tasks().filter(name__in=[registry.task_name(k) for k in keys])
                         .values_list("name", flat=True))
-            missing = [stream_id(*k) for k in keys if registry.task_name(*k) not in known]
+            missing = [str(k) for k in keys if registry.task_name(k) not in known]
             if missing:
                 raise CommandError(f"no stream {', '.join(missing)}: `streams list` shows the known ones")
             changes = registry.disable_streams(keys)
@@ -97,8 +97,8 @@ class Command(BaseCommand):
     def handle_list(self, symbols: list[str], channels: list[str] | None, **_: Any) -> None:
         rows = _selected(symbols, channels)
         stopped = _not_trading()
-        for (sym, chan), enabled in rows:
-            self.stdout.write(f"{stream_id(sym, chan)}\t{'enabled' if enabled else 'disabled'}{_mark(sym, stopped)}")
+        for sid, enabled in rows:
+            self.stdout.write(f"{sid}\t{'enabled' if enabled else 'disabled'}{_mark(sid.symbol, stopped)}")
         if not rows:
             self.stdout.write(NOTHING)
 
@@ -107,8 +107,8 @@ class Command(BaseCommand):
         if symbols and not rows:
             raise CommandError(f"no stream for {', '.join(symbols)}: `streams list` shows the known ones")
         stopped = _not_trading()
-        for (sym, chan), enabled in rows:
-            self.stdout.write(_status_line(stream_id(sym, chan), enabled, _mark(sym, stopped)))
+        for sid, enabled in rows:
+            self.stdout.write(_status_line(sid, enabled, _mark(sid.symbol, stopped)))
         if not rows:
             self.stdout.write(NOTHING)
 
@@ -142,8 +142,8 @@ def _what(symbols: list[str], every: bool) -> str:
     return "every trading symbol" if every else ", ".join(symbols)
 
 
-def _selected(symbols: list[str], channels: list[str] | None) -> list[tuple[tuple[str, str], bool]]:
-    """((SYMBOL, channel), enabled) of the streams matching the optional symbols and channels."""
+def _selected(symbols: list[str], channels: list[str] | None) -> list[tuple[StreamId, bool]]:
+    """(stream, enabled) of the streams matching the optional symbols and channels."""
     rows = []
     for task in registry.stream_tasks():
         try:
@@ -151,7 +151,7 @@ def _selected(symbols: list[str], channels: list[str] | None) -> list[tuple[tupl
         except (ValueError, KeyError, TypeError):
             logger.warning("periodic task %r has unusable kwargs %r", task.name, task.kwargs)
             continue
-        if (not symbols or key[0] in symbols) and (not channels or key[1] in channels):
+        if (not symbols or key.symbol in symbols) and (not channels or key.channel in channels):
             rows.append((key, task.enabled))
     return rows
 
@@ -169,7 +169,7 @@ def _mark(symbol: str, stopped: dict[str, str]) -> str:
     return f"\tnot trading ({stopped[symbol]})" if symbol in stopped else ""
 
 
-def _status_line(sid: str, enabled: bool, mark: str) -> str:
+def _status_line(sid: StreamId, enabled: bool, mark: str) -> str:
     try:
         status = read_status(sid)
     except redis.RedisError as exc:
