@@ -176,6 +176,12 @@ def _joined(pieces: list[pa.Array | str]) -> bytes:
 # --- the Binance archive's own CSV layout (exports) -----------------------------------------------------
 
 
+def archive_csv_chunks(table: pa.Table, day: date, channel: str) -> Iterator[bytes]:
+    """`archive_csv` of the table, TEXT_ROWS rows at a time."""
+    for offset in range(0, table.num_rows, TEXT_ROWS):
+        yield archive_csv(table.slice(offset, TEXT_ROWS), day, channel)
+
+
 def archive_csv(table: pa.Table, day: date, channel: str) -> bytes:
     """A day's trades (FILE_SCHEMA columns) as the spot archive's CSV file of the day holds them: no header;
     `trades`: `id,price,qty,quoteQty,time,isBuyerMaker,isBestMatch`, `aggTrades`: `aggId,price,qty,

@@ -38,7 +38,7 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def write_whole(path: Path, chunks: Iterable[bytes]) -> int:
+def write_whole(path: Path, chunks: Iterable[bytes | memoryview]) -> int:
     """Write the chunks as `path` (replaced only once whole); the number of bytes written."""
     size = 0
     with replacing(path) as file:
