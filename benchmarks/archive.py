@@ -34,6 +34,7 @@ from streams.binance.protocol import TRADE, Trade
 from streams.export import export_day
 from streams.fake.exchange import running_exchange
 from streams.fake.market import micros
+from streams.lake.layout import DayKey
 from streams.storage import store_trades
 from workers.archive_import import _CHUNK_BYTES, ArchiveImporter
 
@@ -128,7 +129,7 @@ def _exports(period: Period, rounds: int) -> list[Result]:
             for fmt in ("parquet", "csv"):
                 started, rows = time.perf_counter(), 0
                 for day in period.days():
-                    rows += export_day(SYMBOL, TRADE, day, fmt, Path(folder)).rows
+                    rows += export_day(DayKey("spot", SYMBOL, TRADE, day), fmt, Path(folder), flat=True).rows
                 result = Result(f"export to {fmt}, a month of days", rows, time.perf_counter() - started, "rows/s")
                 best[fmt] = max(best.get(fmt, result), result, key=lambda r: r.rate)
             started, rows = time.perf_counter(), 0
