@@ -233,6 +233,11 @@ LAKE_URL = env_str("LAKE_URL", "lake/")
 DATASET_HOT_DAYS = env_days("DATASET_HOT_DAYS", 14)
 # Every sealed file and every hot day is verified again at least once in this many days, spread evenly.
 DATASET_SCRUB_DAYS = env_float("DATASET_SCRUB_DAYS", 7.0, minimum=0.01)
+# The longest range /api/trades/ streams per request (days); `manage.py trades` and export_trades have no bound.
+DATASET_API_MAX_DAYS = env_int("DATASET_API_MAX_DAYS", 31, minimum=1)
+# The longest range /api/coverage/ answers per request (days; one entry per stream and day). Without a range it
+# answers the status calendar's last 35 days.
+COVERAGE_API_MAX_DAYS = env_int("COVERAGE_API_MAX_DAYS", 366, minimum=1)
 
 # --- Logs (README "Logs"): one line per record on stderr, the stream id on every line of a stream ------
 # Celery's worker and beat apply this too (project/celery.py), so LOG_LEVEL is the one knob: celery -l is
