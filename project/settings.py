@@ -93,6 +93,9 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True  # serve from the apps' static folders too, without collectstatic in development
 LIVE_PAGE_TRADES = env_int("LIVE_PAGE_TRADES", 200, minimum=1)  # latest trades the live page opens with
+# s: the live page's opening of a symbol (the day's candles, /api/candles/) is kept this long per web process,
+# so that many pages opening at once cost one read of the day.
+LIVE_CANDLES_CACHE = env_float("LIVE_CANDLES_CACHE", 5.0, minimum=0.0)
 # The live feed (web/live/hub.py, README "The live page at scale"): one channel-layer member per web process
 # fans the trades out to its pages.
 LIVE_MAX_CONNECTIONS = env_int("LIVE_MAX_CONNECTIONS", 2500, minimum=1)  # pages per web process; more: 1013

@@ -6,6 +6,7 @@ from django.urls import path
 from web import endpoints as views
 from web import pages
 from web.access import internal
+from web.candles import candles_api
 from web.trades_api import trades_api
 
 urlpatterns = [
@@ -15,6 +16,7 @@ urlpatterns = [
     path("api/streams/", views.streams_api, name="streams-api"),
     path("api/coverage/", views.coverage_api, name="coverage-api"),
     path("api/trades/", trades_api, name="trades-api"),
+    path("api/candles/", candles_api, name="candles-api"),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", views.metrics, name="metrics"),
 ]

@@ -22,7 +22,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
-from streams.binance.protocol import normalize_channel, normalize_symbol
+from streams.binance.protocol import CHANNELS, normalize_channel, normalize_symbol
 from streams.binance.rest import BinanceRest
 from workers.keys import stream_id
 from workers.models import ENSURE_TASK
@@ -75,6 +75,22 @@ def enabled_streams() -> list[tuple[str, str]]:
         except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and InvalidStreamName are ValueErrors
             logger.warning("periodic task %r has unusable kwargs %r: %s", name, kwargs, exc)
     return streams
+
+
+def enabled_channels(symbol: str) -> list[str]:
+    """The channels of the symbol's enabled streams, by their task names: one indexed lookup whatever the
+    number of streams (for requests that anyone may make, such as the live page's)."""
+    names = [task_name(symbol, channel) for channel in CHANNELS]
+    found = []
+    for name, kwargs in stream_tasks().filter(enabled=True, name__in=names).values_list("name", "kwargs"):
+        try:
+            stream_symbol, channel = key_of(kwargs)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("periodic task %r has unusable kwargs %r: %s", name, kwargs, exc)
+            continue
+        if stream_symbol == symbol:
+            found.append(channel)
+    return sorted(found, key=CHANNELS.index)
 
 
 def enabled_symbols() -> list[str]:
