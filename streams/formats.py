@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable, Iterator
 from datetime import date
 from decimal import Decimal
-from typing import Final
+from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,10 @@ import pyarrow.parquet as pq
 
 from streams.archive import MICROSECONDS_FROM
 from streams.lake.schema import READ_SCHEMA, ROW_GROUP_ROWS, WRITER_OPTIONS
+
+if TYPE_CHECKING:
+    Text = pa.StringArray  # a column of text
+    Piece = Text | str  # a column of text, or a text that every row has
 
 FORMATS: Final = ("parquet", "csv", "ndjson")
 MEDIA_TYPES: Final = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv; charset=utf-8",
@@ -72,7 +76,7 @@ def encode(tables: Iterable[pa.Table], fmt: str) -> Iterator[bytes]:
 
 def parquet_chunks(tables: Iterable[pa.Table]) -> Iterator[bytes]:
     sink = _Drain()
-    with pq.ParquetWriter(sink, READ_SCHEMA, **_PARQUET_OPTIONS) as writer:
+    with pq.ParquetWriter(cast("IO[bytes]", sink), READ_SCHEMA, **_PARQUET_OPTIONS) as writer:
         for table in tables:
             for offset in range(0, table.num_rows, ROW_GROUP_ROWS):
                 writer.write_table(table.slice(offset, ROW_GROUP_ROWS).cast(READ_SCHEMA))
@@ -85,10 +89,10 @@ def csv_chunks(tables: Iterable[pa.Table]) -> Iterator[bytes]:
     for table in tables:
         for offset in range(0, table.num_rows, TEXT_ROWS):
             texts = _texts(table.slice(offset, TEXT_ROWS))
-            pieces: list[pa.Array | str] = []
+            pieces: list[Piece] = []
             for field in READ_SCHEMA:
                 text = texts[field.name]
-                pieces += [_csv_field(text) if isinstance(text, str) else pc.fill_null(text, ""), ","]
+                pieces += [_csv_field(text) if isinstance(text, str) else _filled(text, ""), ","]
             yield _joined([*pieces[:-1], "\n"])
 
 
@@ -96,23 +100,23 @@ def ndjson_chunks(tables: Iterable[pa.Table]) -> Iterator[bytes]:
     for table in tables:
         for offset in range(0, table.num_rows, TEXT_ROWS):
             texts = _texts(table.slice(offset, TEXT_ROWS))
-            pieces: list[pa.Array | str] = []
+            pieces: list[Piece] = []
             for number, field in enumerate(READ_SCHEMA):
                 text = texts[field.name]
                 pieces.append(("{" if number == 0 else ",") + json.dumps(field.name) + ":")
                 if isinstance(text, str):
                     pieces.append(json.dumps(text))
                 elif pa.types.is_integer(field.type) or pa.types.is_boolean(field.type):
-                    pieces.append(pc.fill_null(text, "null"))
+                    pieces.append(_filled(text, "null"))
                 else:  # decimals and times: digits, signs, dots, dashes and colons, nothing to escape
-                    pieces.append(pc.fill_null(pc.binary_join_element_wise('"', text, '"', ""), "null"))
+                    pieces.append(_filled(_join(['"', text, '"']), "null"))
             yield _joined([*pieces, "}\n"])
 
 
-def _texts(table: pa.Table) -> dict[str, pa.Array | str]:
+def _texts(table: pa.Table) -> dict[str, Piece]:
     """Each READ_SCHEMA column of `table` as text (nulls stay null); the stream's columns, which hold one
     value per table, as that value."""
-    out: dict[str, pa.Array | str] = {}
+    out: dict[str, Piece] = {}
     for field in READ_SCHEMA:
         column = table.column(field.name).combine_chunks()
         if field.name in _STREAM_COLUMNS:
@@ -125,26 +129,31 @@ def _texts(table: pa.Table) -> dict[str, pa.Array | str]:
         elif pa.types.is_timestamp(field.type):
             out[field.name] = iso_text(column)
         else:
-            out[field.name] = column.cast(pa.string())
+            out[field.name] = cast("Text", column.cast(pa.string()))
     return out
 
 
-def iso_text(column: pa.Array) -> pa.Array:
+def iso_text(column: pa.Array[Any]) -> Text:
     """UTC times as ISO 8601 text with microseconds (`2026-11-01T12:00:00.123456Z`), nulls kept. Arrow's
     cast writes `2026-11-01 12:00:00.123456`, 26 characters for every year the dataset holds: the space and
     the zone are put right in place, a few times faster than strftime or a text replace."""
-    text = pc.fill_null(column.cast(pa.timestamp("us")), 0).cast(pa.string())
-    rows, width = len(text), 26
-    extremes = pc.min_max(pc.utf8_length(text)).as_py()
-    if text.offset or rows == 0 or extremes != {"min": width, "max": width}:  # never for the dataset's years
-        result = pc.binary_join_element_wise(pc.replace_substring(text, " ", "T", max_replacements=1), "Z", "")
+    naive = cast("pa.TimestampArray", column.cast(pa.timestamp("us")))
+    text = cast("Text", pc.fill_null(naive, pa.scalar(0, pa.timestamp("us"))).cast(pa.string()))
+    rows, width, data = len(text), 26, text.buffers()[2]
+    lengths = pc.utf8_length(text)
+    if data is None or text.offset or rows == 0 or pc.min(lengths).as_py() != width or \
+            pc.max(lengths).as_py() != width:  # never for the dataset's years
+        result = _join([pc.replace_substring(text, " ", "T", max_replacements=1), "Z"])
     else:
         out = np.empty((rows, width + 1), np.uint8)
-        out[:, :width] = np.frombuffer(text.buffers()[2], np.uint8, count=rows * width).reshape(rows, width)
+        out[:, :width] = np.frombuffer(memoryview(data), np.uint8, count=rows * width).reshape(rows, width)
         out[:, 10], out[:, width] = ord("T"), ord("Z")
         offsets = np.arange(0, (rows + 1) * (width + 1), width + 1, dtype=np.int32)
-        result = pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(out)])
-    return pc.if_else(pc.is_valid(column), result, pa.scalar(None, pa.string())) if column.null_count else result
+        buffers = [None, pa.py_buffer(offsets.data), pa.py_buffer(out.data)]
+        result = cast("Text", pa.Array.from_buffers(pa.string(), rows, buffers))
+    if not column.null_count:
+        return result
+    return cast("Text", pc.if_else(pc.is_valid(column), result, pa.scalar(None, pa.string())))
 
 
 def _csv_field(value: str) -> str:
@@ -153,24 +162,34 @@ def _csv_field(value: str) -> str:
     return value
 
 
-def decimal_text(column: pa.Array) -> pa.Array:
+def decimal_text(column: pa.Array[Any]) -> Text:
     """Decimals as plain text with their scale (`0.00000001`): Arrow writes values under 1e-6 in exponent form
     (`1E-8`), which those few values are rewritten from."""
-    text = column.cast(pa.string())
+    text = cast("Text", column.cast(pa.string()))
     if not pc.any(pc.match_substring(text, "E")).as_py():
         return text
     fixed = [None if v is None else (f"{Decimal(v):f}" if "E" in v else v) for v in text.to_pylist()]
     return pa.array(fixed, pa.string())
 
 
-def _joined(pieces: list[pa.Array | str]) -> bytes:
+def _filled(text: Text, value: str) -> Text:
+    return cast("Text", pc.fill_null(text, pa.scalar(value, pa.string())))
+
+
+def _join(pieces: list[Piece]) -> Text:
+    """The pieces joined row by row (a null in any: null)."""
+    return cast("Text", pc.binary_join_element_wise(*pieces, ""))  # type: ignore[call-overload]
+
+
+def _joined(pieces: list[Piece]) -> bytes:
     """The pieces (columns of text without nulls, and constants) joined row by row, as one block of bytes."""
-    joined = pc.binary_join_element_wise(*pieces, "")
+    joined = _join(pieces)
     if len(joined) == 0:
         return b""
     _validity, offsets, data = joined.buffers()
-    bounds = np.frombuffer(offsets, dtype=np.int32)[[joined.offset, joined.offset + len(joined)]]
-    return data.slice(int(bounds[0]), int(bounds[1] - bounds[0])).to_pybytes()
+    assert offsets is not None and data is not None  # a string array of rows has both
+    bounds = np.frombuffer(memoryview(offsets), dtype=np.int32)[[joined.offset, joined.offset + len(joined)]]
+    return bytes(data.slice(int(bounds[0]), int(bounds[1] - bounds[0])).to_pybytes())
 
 
 # --- the Binance archive's own CSV layout (exports) -----------------------------------------------------
@@ -190,23 +209,24 @@ def archive_csv(table: pa.Table, day: date, channel: str) -> bytes:
     is not stored, True as on every spot trade."""
     if table.num_rows == 0:
         return b""
+
+    def text(name: str) -> Text:
+        return cast("Text", table.column(name).combine_chunks().cast(pa.string()))
+
     micros = table.column("trade_time").combine_chunks().cast(pa.int64())
-    time = pc.divide(micros, 1000) if day < MICROSECONDS_FROM else micros
+    time = cast("Text", (pc.divide(micros, 1000) if day < MICROSECONDS_FROM else micros).cast(pa.string()))
     price, volume = (decimal_text(table.column(n).combine_chunks()) for n in ("price", "volume"))
-    maker = pc.if_else(table.column("is_market_maker").combine_chunks(), "True", "False")
-    best = pa.array(["True"] * table.num_rows, pa.string())
+    maker = cast("Text", pc.if_else(table.column("is_market_maker").combine_chunks(), "True", "False"))
     if channel == "aggTrade":
-        ids = [table.column(n).combine_chunks().cast(pa.string()) for n in ("first_trade_id", "last_trade_id")]
-        columns = [table.column("trade_id").combine_chunks().cast(pa.string()), price, volume, *ids,
-                   time.cast(pa.string()), maker, best]
+        columns: list[Piece] = [text("trade_id"), price, volume, text("first_trade_id"), text("last_trade_id"), time,
+                                maker, "True"]
     else:
         wide = pa.decimal256(28, 8)  # price x qty needs 57 digits before rounding: more than decimal128 holds
         product = pc.multiply(table.column("price").combine_chunks().cast(wide),
                               table.column("volume").combine_chunks().cast(wide))
         quote = pc.round(product, ndigits=8, round_mode="half_up").cast(pa.decimal128(38, 8))
-        columns = [table.column("trade_id").combine_chunks().cast(pa.string()), price, volume, decimal_text(quote),
-                   time.cast(pa.string()), maker, best]
-    pieces: list[pa.Array | str] = []
+        columns = [text("trade_id"), price, volume, decimal_text(quote), time, maker, "True"]
+    pieces: list[Piece] = []
     for column in columns:
         pieces += [column, ","]
     return _joined([*pieces[:-1], "\n"])

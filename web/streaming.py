@@ -51,10 +51,14 @@ def _logged(request: HttpRequest, chunks: Iterator[bytes]) -> Chunks:
             close()
 
 
+def _next(chunks: Chunks) -> bytes | None:
+    return next(chunks, None)
+
+
 async def _pulled(chunks: Chunks) -> AsyncIterator[bytes]:
-    pull = sync_to_async(next, thread_sensitive=True)
+    pull = sync_to_async(_next, thread_sensitive=True)
     try:
-        while (chunk := await pull(chunks, None)) is not None:
+        while (chunk := await pull(chunks)) is not None:
             yield chunk
     finally:
         await sync_to_async(chunks.close, thread_sensitive=True)()

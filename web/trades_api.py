@@ -16,25 +16,26 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.http import HttpRequest, JsonResponse, QueryDict
+from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
 
 from streams import dataset, formats
 from streams.binance.protocol import TRADE
-from web.access import internal
+from web.access import may_see_internals, refused
 from web.streaming import streamed
 
 
 def selection_of(params: QueryDict) -> dataset.Selection:
     """The stream and range a request names (`symbol`, `from`, `to`, `channel`, `market`); DatasetError."""
-    if not params.get("symbol"):
+    symbol, first, last = params.get("symbol"), params.get("from"), params.get("to")
+    if not symbol:
         raise dataset.DatasetError("symbol is missing (?symbol=BTCUSDT)")
-    if not params.get("from"):
+    if not first:
         raise dataset.DatasetError("from is missing (?from=2026-11-01, ISO 8601)")
-    start = dataset.moment(params["from"], "from")
-    end = dataset.moment(params["to"], "to") if params.get("to") else None
-    return dataset.Selection.of(params["symbol"], start, end, params.get("channel") or TRADE,
-                                params.get("market") or "spot")
+    start = dataset.moment(first, "from")
+    end = dataset.moment(last, "to") if last else None
+    return dataset.Selection.of(symbol, start, end, params.get("channel") or TRADE, params.get("market") or "spot")
 
 
 def within_limit(selection: dataset.Selection, setting: str) -> None:
@@ -47,8 +48,9 @@ def within_limit(selection: dataset.Selection, setting: str) -> None:
 
 
 @require_GET
-@internal()
-def trades_api(request: HttpRequest) -> HttpResponse:
+def trades_api(request: HttpRequest) -> HttpResponseBase:
+    if not may_see_internals(request, public=False):  # STATUS_PUBLIC does not open the dataset
+        return refused()
     fmt = request.GET.get("format") or "csv"
     try:
         if fmt not in formats.FORMATS:

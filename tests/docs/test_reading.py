@@ -10,7 +10,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -57,7 +57,7 @@ def commands(text: str) -> list[str]:
 
 
 @pytest.fixture
-def web_process(settings: Any) -> Iterator[tuple[str, dict[str, str]]]:
+def web_process(settings: Any) -> Iterator[tuple[Callable[[str], str], dict[str, str]]]:
     """The Procfile's web process on the test's database and lake; its URL and the environment it runs in."""
     env = {**os.environ, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "project.settings", "LOG_LEVEL": "WARNING",
            "DATABASE_URL": database_url(), "REDIS_URL": settings.REDIS_URL, "ALLOWED_HOSTS": "127.0.0.1",

@@ -77,6 +77,7 @@ def test_the_parquet_files_in_the_hive_layout_read_back_equal_the_record(setting
          "first_trade_id": None, "last_trade_id": None} for t in record]
     assert set(table.column("ticker_symbol").to_pylist()) == {"BTCUSDT"}  # from the folders
     meta = pq.read_metadata(folders[0] / f"spot-BTCUSDT-trade-{first}.parquet").metadata
+    assert meta is not None
     assert (meta[b"ticker_symbol"], meta[b"market"], meta[b"channel"]) == (b"BTCUSDT", b"spot", b"trade")
 
 
@@ -137,8 +138,8 @@ def test_sealed_days_are_the_lakes_files_copied_and_the_rest_encoded_alike(setti
            "trades\n" in output  # encoded from the database, not copied
     # The export is a dataset of its own: DuckDB and polars read it with the partitions as columns.
     files = f"{out}/trades/**/*.parquet"
-    read = duckdb.sql("SELECT trade_id, price, ticker_symbol, market, channel FROM read_parquet($f, "
-                      "hive_partitioning=true) ORDER BY trade_id", params={"f": files}).fetchall()
+    read = duckdb.execute("SELECT trade_id, price, ticker_symbol, market, channel FROM read_parquet($f, "
+                          "hive_partitioning=true) ORDER BY trade_id", {"f": files}).fetchall()
     assert read == list(zip(*(whole.column(n).to_pylist() for n in ("trade_id", "price", "ticker_symbol", "market",
                                                                       "channel")), strict=True))
     frame = pl.scan_parquet(files, hive_partitioning=True).filter(pl.col("date") == DATABASE_ONLY).collect()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,8 +63,8 @@ def test_parquet_csv_and_ndjson_hold_the_rows_of_both_tiers_equal_to_the_record(
     assert texts == [(str(r[0]), f"{r[1]:.8f}", f"{r[2]:.8f}") for r in record]
     assert csv["trade_time"][0] == record[0][3].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert set(csv["market"].to_list()) == {"spot"} and csv["received_time"][0] is None  # archive rows: none
-    typed = duckdb.sql("SELECT count(*), sum(price::DECIMAL(28, 8)) FROM read_csv($f, all_varchar=true)",
-                       params={"f": str(tmp_path / "out.csv")}).fetchall()[0]
+    typed = duckdb.execute("SELECT count(*), sum(price::DECIMAL(28, 8)) FROM read_csv($f, all_varchar=true)",
+                           {"f": str(tmp_path / "out.csv")}).fetchall()[0]
     assert typed == (len(record), sum(r[1] for r in record))
 
     lines = (tmp_path / "out.ndjson").read_text().splitlines()
@@ -74,8 +73,8 @@ def test_parquet_csv_and_ndjson_hold_the_rows_of_both_tiers_equal_to_the_record(
         (r[0], r[1], r[2], r[4]) for r in record]
     assert isinstance(objects[0]["price"], str) and objects[0]["trade_time"].endswith("Z")
     assert datetime.fromisoformat(objects[-1]["trade_time"]) == record[-1][3]
-    frame = pd.read_json(tmp_path / "out.ndjson", lines=True, dtype={"price": str, "volume": str})
-    assert frame["price"].map(Decimal).sum() == sum(r[1] for r in record)
+    frame = pl.read_ndjson(tmp_path / "out.ndjson", schema_overrides={"price": pl.String})
+    assert sum(Decimal(p) for p in frame["price"]) == sum(r[1] for r in record)
 
 
 def test_parquet_goes_to_stdout_byte_for_byte(settings: Any, tmp_path: Path) -> None:

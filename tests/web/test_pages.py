@@ -38,8 +38,9 @@ def test_the_live_page_lists_the_enabled_symbols_and_opens_the_chosen_one_from_t
     response = Client().get("/")
     assert response.status_code == 200
     html = response.content.decode()
-    config = json.loads(re.search(r'<script id="live-config" type="application/json">(.*?)</script>',
-                                  html, re.S).group(1))
+    found = re.search(r'<script id="live-config" type="application/json">(.*?)</script>', html, re.S)
+    assert found is not None
+    config = json.loads(found.group(1))
     assert config == {"symbols": ["BTCUSDT", "ETHUSDT"], "channels": {"BTCUSDT": "trade", "ETHUSDT": "trade"},
                       "candles_url": "/api/candles/", "coverage_url": "/api/coverage/"}
     opening = Client().get(config["candles_url"], {"symbol": "BTCUSDT"}).json()

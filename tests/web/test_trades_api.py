@@ -4,14 +4,16 @@ under WSGI, and through the real web process), bounded in range; bad input is a 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import warnings
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pyarrow as pa
@@ -19,6 +21,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 from django.contrib.auth.models import User
+from django.http import StreamingHttpResponse
 from django.test import AsyncClient, Client
 
 from benchmarks.webprocess import free_port, start_web, wait_listening
@@ -58,7 +61,7 @@ def test_staff_get_the_rows_of_both_tiers_in_each_format(settings: Any, tmp_path
     assert answers["parquet"]["Content-Disposition"] == (
         'attachment; filename="spot-BTCUSDT-trade-20261031T060000Z-20261103T000000Z.parquet"')
     assert pq.read_table(pa.BufferReader(body(answers["parquet"]))).equals(expected)
-    csv = pa_csv.read_csv(pa.BufferReader(body(answers["csv"])), convert_options=pa_csv.ConvertOptions(
+    csv = pa_csv.read_csv(io.BytesIO(body(answers["csv"])), convert_options=pa_csv.ConvertOptions(
         column_types={f.name: f.type for f in READ_SCHEMA}))
     assert csv.column_names == READ_SCHEMA.names and csv.cast(READ_SCHEMA).equals(expected)
     lines = [json.loads(line) for line in body(answers["ndjson"]).splitlines()]
@@ -106,7 +109,9 @@ def test_under_asgi_the_body_is_pulled_a_day_at_a_time(settings: Any, tmp_path: 
     query = {"symbol": "BTCUSDT", "from": str(FIRST), "to": str(day_after(DATABASE_ONLY)), "format": "parquet"}
 
     async def fetch() -> tuple[bool, list[bytes]]:
-        answer = await AsyncClient().get("/api/trades/", query, headers={"Authorization": f"Bearer {TOKEN}"})
+        answer = cast(StreamingHttpResponse, await AsyncClient().get(
+            "/api/trades/", query, headers={"Authorization": f"Bearer {TOKEN}"}))
+        assert not isinstance(answer.streaming_content, Iterable)
         return answer.is_async, [chunk async for chunk in answer.streaming_content]
 
     with history(settings, tmp_path):
