@@ -24,7 +24,7 @@ from django.core.management import CommandError, call_command
 from streams import dataset, formats
 from streams.lake.schema import READ_SCHEMA
 from tests.helpers import database_url
-from tests.history import BOTH, DATABASE_ONLY, History, as_rows, day_after, history, table_rows
+from tests.history import BOTH, DATABASE_ONLY, FIRST, History, as_rows, day_after, history, table_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -129,3 +129,16 @@ def test_the_encoders_hand_out_a_day_before_reading_the_next() -> None:
         assert pulled == [0], fmt
         rest = b"".join(chunks)
         assert pulled == [0, 1, 2] and rest
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(settings: Any, tmp_path: Path) -> None:
+    # `| head`: the pipe closes long before the week is written; the command stops without a traceback.
+    with history(settings, tmp_path):
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "DEBUG": "1",
+               "DATABASE_URL": database_url(), "LAKE_URL": settings.LAKE_URL, "LOG_LEVEL": "WARNING"}
+        line = (f"{sys.executable} manage.py trades BTCUSDT --from {FIRST} --to {END} --format ndjson | head -c 200"
+                " > /dev/null; echo \"${PIPESTATUS[0]}\" >&2")
+        done = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                              check=False)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "0"
