@@ -35,6 +35,8 @@ def selection_of(params: QueryDict) -> dataset.Selection:
         raise dataset.DatasetError("from is missing (?from=2026-11-01, ISO 8601)")
     start = dataset.moment(first, "from")
     end = dataset.moment(last, "to") if last else None
+    if end is not None and end < start:
+        raise dataset.DatasetError(f"to {last} is before from {first}")
     return dataset.Selection.of(symbol, start, end, params.get("channel") or TRADE, params.get("market") or "spot")
 
 

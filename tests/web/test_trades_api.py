@@ -92,7 +92,7 @@ def test_bad_requests_are_400_with_the_problem_named(settings: Any) -> None:
         ({**RANGE, "format": "xlsx"}, "unknown format 'xlsx'; expected one of parquet, csv, ndjson"),
         ({**RANGE, "from": "2026-01-01", "to": "2026-03-01"},
          "from..to spans 59.0 days; DATASET_API_MAX_DAYS=31 days at most per request"),
-        ({**RANGE, "from": "2026-11-02", "to": "2026-11-01"}, "is before start"),
+        ({**RANGE, "from": "2026-11-02", "to": "2026-11-01"}, "to 2026-11-01 is before from 2026-11-02"),
     ]:
         answer = client.get("/api/trades/", query)
         assert answer.status_code == 400 and message in answer.json()["error"], (query, answer.content)

@@ -39,30 +39,35 @@ class Command(BaseCommand):
         try:
             start = dataset.moment(options["start"], "--from")
             end = dataset.moment(options["end"], "--to")
+            if end < start:
+                raise dataset.DatasetError(f"--to {options['end']} is before --from {options['start']}")
             selection = dataset.Selection.of(options["symbol"], start, end, options["channel"], options["market"])
         except dataset.DatasetError as exc:
             raise CommandError(str(exc)) from None
         counted = _Counted(dataset.day_tables(selection))
         started = time.monotonic()
         try:
+            whole = True
             if out == "-":
-                self._to_stdout(formats.encode(counted, fmt), fmt)
+                whole = self._to_stdout(formats.encode(counted, fmt), fmt)
             else:
                 write_whole(Path(out), formats.encode(counted, fmt))
         except (OSError, pa.ArrowException) as exc:
             raise CommandError(f"{selection.symbol} {selection.channel} ({selection.market}): {exc}") from None
         seconds = time.monotonic() - started
-        self.stderr.write(f"{counted.rows:,} trades of {counted.days} days in {seconds:.1f} s"
-                          + ("" if out == "-" else f" -> {out}"))
+        done = f"{counted.rows:,} trades of {counted.days} days in {seconds:.1f} s"
+        self.stderr.write(done + (f" -> {out}" if out != "-" else "" if whole else
+                                  "; stopped there: the reader closed the pipe"))
 
-    def _to_stdout(self, chunks: Iterator[bytes], fmt: str) -> None:
+    def _to_stdout(self, chunks: Iterator[bytes], fmt: str) -> bool:
+        """Write the chunks to stdout; False when the reader went away before the end."""
         binary: IO[bytes] | None = getattr(self.stdout, "buffer", None)  # OutputWrapper passes it through
         if binary is None:  # a text stream without bytes under it (a StringIO from call_command)
             if fmt == "parquet":
                 raise CommandError("--format parquet needs a binary stdout: give --out PATH")
             for chunk in chunks:
                 self.stdout.write(chunk.decode(), ending="")
-            return
+            return True
         if fmt == "parquet" and binary.isatty():
             raise CommandError("--format parquet is binary: give --out PATH or redirect stdout")
         self.stdout.flush()
@@ -74,6 +79,8 @@ class Command(BaseCommand):
             # The reader went away (`| head`): stop quietly, as command-line tools do; nothing is left to flush.
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), binary.fileno())
+            return False
+        return True
 
 
 class _Counted:
