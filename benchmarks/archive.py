@@ -136,7 +136,7 @@ def _exports(period: Period, rounds: int) -> list[Result]:
             with connection.cursor() as cursor:
                 for day in period.days():
                     start, end = day_bounds(day)
-                    statement, params = queries.export_copy(SYMBOL, TRADE, start, end, 1)
+                    statement, params = queries.dataset_copy(SYMBOL, TRADE, start, end)
                     with cursor.cursor.copy(statement, params) as copy:
                         rows += sum(1 for _ in copy)
             result = Result("baseline: the database's COPY alone, same rows", rows, time.perf_counter() - started,
