@@ -36,6 +36,7 @@ from streams.binance.protocol import TRADE, Trade
 from streams.export import export_day
 from streams.fake.exchange import running_exchange
 from streams.fake.market import micros
+from streams.lake.layout import DayKey
 from streams.storage import store_trades
 from workers.archive_import import ArchiveImporter
 
@@ -131,14 +132,14 @@ def _exports(period: Period, rounds: int) -> list[Result]:
             for fmt in ("parquet", "csv"):
                 started, rows = time.perf_counter(), 0
                 for day in period.days():
-                    rows += export_day(SYMBOL, TRADE, day, fmt, Path(folder)).rows
+                    rows += export_day(DayKey("spot", SYMBOL, TRADE, day), fmt, Path(folder), flat=True).rows
                 result = Result(f"export to {fmt}, a month of days", rows, time.perf_counter() - started, "rows/s")
                 best[fmt] = max(best.get(fmt, result), result, key=lambda r: r.rate)
             started, rows = time.perf_counter(), 0
             with connection.cursor() as cursor:
                 for day in period.days():
                     start, end = day_bounds(day)
-                    statement, params = queries.export_copy(SYMBOL, TRADE, start, end, 1)
+                    statement, params = queries.dataset_copy(SYMBOL, TRADE, start, end)
                     with cursor.cursor.copy(statement, params) as copy:
                         rows += sum(1 for _ in copy)
             result = Result("baseline: the database's COPY alone, same rows", rows, time.perf_counter() - started,

@@ -100,6 +100,9 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True  # serve from the apps' static folders too, without collectstatic in development
 LIVE_PAGE_TRADES = env_int("LIVE_PAGE_TRADES", 200, minimum=1)  # latest trades the live page opens with
+# s: the live page's opening of a symbol (the day's candles, /api/candles/) is kept this long per web process,
+# so that many pages opening at once cost one read of the day.
+LIVE_CANDLES_CACHE = env_float("LIVE_CANDLES_CACHE", 5.0, minimum=0.0)
 # The live feed (web/live/hub.py; docs/live-page.md, "The live page at scale"): one channel-layer member per process
 # fans the trades out to its pages.
 LIVE_MAX_CONNECTIONS = env_int("LIVE_MAX_CONNECTIONS", 2500, minimum=1)  # pages per web process; more: 1013
@@ -247,6 +250,11 @@ ARCHIVE_MAX_MEMBER_BYTES = env_int("ARCHIVE_MAX_MEMBER_BYTES", 64 << 30, minimum
 ARCHIVE_MAX_RATIO = env_float("ARCHIVE_MAX_RATIO", 40.0, minimum=1.0)
 ARCHIVE_DOWNLOAD_DEADLINE = env_float("ARCHIVE_DOWNLOAD_DEADLINE", 3600.0, minimum=1.0)  # s per file
 ARCHIVE_MIN_BYTES_PER_SECOND = env_float("ARCHIVE_MIN_BYTES_PER_SECOND", 50_000.0, minimum=0.0)  # over 30 s
+# The longest range /api/trades/ streams per request (days); `manage.py trades` and export_trades have no bound.
+DATASET_API_MAX_DAYS = env_int("DATASET_API_MAX_DAYS", 31, minimum=1)
+# The longest range /api/coverage/ answers per request (days; one entry per stream and day). Without a range it
+# answers the status calendar's last 35 days.
+COVERAGE_API_MAX_DAYS = env_int("COVERAGE_API_MAX_DAYS", 366, minimum=1)
 
 # --- Logs (docs/live-page.md, "Logs"): one line per record on stderr, the stream id on every line -------
 # Celery's worker and beat apply this too (project/celery.py), so LOG_LEVEL is the one knob: celery -l is

@@ -119,11 +119,22 @@ def trades(symbol: str, start: Moment, end: Moment | None = None, channel: str =
 def candles(symbol: str, start: Moment, end: Moment | None = None, interval: str = "1m", *, channel: str = TRADE,
             market: str = "spot") -> pa.Table:
     """OHLCV bars (streams.lake.candles.CANDLE_SCHEMA) of the stream in [start, end), exact decimals."""
+    return candles_through(symbol, start, end, interval, channel=channel, market=market)[0]
+
+
+def candles_through(symbol: str, start: Moment, end: Moment | None = None, interval: str = "1m", *,
+                    channel: str = TRADE, market: str = "spot") -> tuple[pa.Table, int | None]:
+    """`candles`, and the id of the newest trade they hold (None: no trade): whoever adds live trades to the
+    bars afterwards (the live page) skips the ids the bars already count."""
     selection = Selection.of(symbol, start, end, channel, market)
     if interval not in bars.INTERVALS:
         raise DatasetError(f"unknown interval {interval!r}; expected one of {', '.join(bars.INTERVALS)}")
     columns = ("trade_id", "price", "volume", "trade_time")
-    return bars.merge([bars.candles(day, interval) for day in day_tables(selection, columns, with_columns=False)])
+    parts, through = [], None
+    for day in day_tables(selection, columns, with_columns=False):
+        parts.append(bars.candles(day, interval))
+        through = day.column("trade_id")[-1].as_py()  # days come in id order, each in id order
+    return bars.merge(parts), through
 
 
 def day_tables(selection: Selection, columns: Sequence[str] | None = None, *,
@@ -134,32 +145,42 @@ def day_tables(selection: Selection, columns: Sequence[str] | None = None, *,
         market=selection.market, symbol=selection.symbol, channel=selection.channel,
         day__gte=selection.start.date(), day__lte=selection.end.date())}
     for day in selection.days():
-        table = day_table(selection.key(day), sealed.get(day), columns)
-        table = _clip(table, selection.start, selection.end, day)
+        midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        start, end = max(selection.start, midnight), min(selection.end, midnight + _DAY)
+        table = day_table(selection.key(day), sealed.get(day), columns, start, end)
         if table.num_rows:
             yield with_stream(table, selection.market, selection.symbol, selection.channel) if with_columns \
                 else table
 
 
-def day_table(key: DayKey, sealed: SealedDay | None, columns: Sequence[str] | None = None) -> pa.Table:
-    """One day of one stream (FILE_SCHEMA, or `columns` of it), from the tier that holds it."""
+def day_table(key: DayKey, sealed: SealedDay | None, columns: Sequence[str] | None = None,
+              start: datetime | None = None, end: datetime | None = None) -> pa.Table:
+    """One day of one stream (FILE_SCHEMA, or `columns` of it), from the tier that holds it; only the trades
+    of [start, end) when given (inside the day). The database is asked for that part only; a lake file is
+    read whole and filtered."""
     wanted = list(columns) if columns else list(FILE_SCHEMA.names)
+    midnight = datetime(key.day.year, key.day.month, key.day.day, tzinfo=UTC)
+    start, end = start or midnight, end or midnight + _DAY
+    whole = start <= midnight and end >= midnight + _DAY
     if sealed is not None and sealed.complete and sealed.state == SealedDay.State.SEALED:
-        return read_day(lake(), key, wanted)
-    stored = database_day(key)
+        read = wanted if whole or "trade_time" in wanted else [*wanted, "trade_time"]
+        return _clip(read_day(lake(), key, read), start, end, whole).select(wanted)
+    stored = database_day(key, start, end)
     if sealed is None:
         return stored.select(wanted)
-    return union(stored, read_day(lake(), key)).select(wanted)
+    return _clip(union(stored, read_day(lake(), key)), start, end, whole).select(wanted)
 
 
-def database_day(key: DayKey) -> pa.Table:
-    """The database's rows of the day (FILE_SCHEMA). The database holds spot only until it has markets."""
+def database_day(key: DayKey, start: datetime | None = None, end: datetime | None = None) -> pa.Table:
+    """The database's rows of the day (FILE_SCHEMA), or of [start, end) inside it. The database holds spot
+    only until it has markets."""
     if key.market != "spot":
         return FILE_SCHEMA.empty_table()
-    start = datetime(key.day.year, key.day.month, key.day.day, tzinfo=UTC)
+    midnight = datetime(key.day.year, key.day.month, key.day.day, tzinfo=UTC)
+    start, end = max(start or midnight, midnight), min(end or midnight + _DAY, midnight + _DAY)
     if connection.vendor == "postgresql":
-        return _copy_day(key, start, start + _DAY)
-    rows = queries.dataset_rows(key.symbol, key.channel, start, start + _DAY)
+        return _copy_day(key, start, end)
+    rows = queries.dataset_rows(key.symbol, key.channel, start, end)
     return _rows_table(list(rows.iterator(chunk_size=20_000)))
 
 
@@ -201,10 +222,9 @@ def without(table: pa.Table, ids: pa.Array[Any]) -> pa.Table:
     return table if len(ids) == 0 else table.filter(pc.invert(pc.is_in(table.column("trade_id"), value_set=ids)))
 
 
-def _clip(table: pa.Table, start: datetime, end: datetime, day: date) -> pa.Table:
+def _clip(table: pa.Table, start: datetime, end: datetime, whole: bool) -> pa.Table:
     """Rows of a day table inside [start, end) (only the first and last day of a range need it)."""
-    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    if (start <= midnight and end >= midnight + _DAY) or table.num_rows == 0:
+    if whole or table.num_rows == 0:
         return table
     times = table.column("trade_time")
     inside = pc.and_(pc.greater_equal(times, pa.scalar(start, TIME)), pc.less(times, pa.scalar(end, TIME)))

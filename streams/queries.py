@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
-from django.db.models import BigIntegerField, Case, Count, F, Max, Min, QuerySet, Value, When, Window
+from django.db.models import BigIntegerField, Count, F, Max, Min, QuerySet, Window
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Lag, Round
+from django.db.models.functions import Lag
 
 from streams.binance.sequence import Gap
 from streams.models import PriceUpdate
@@ -26,7 +25,6 @@ from streams.models import PriceUpdate
 # `time` is microseconds since the epoch divided by `divisor` (1000: the archive's milliseconds before 2025).
 # isBestMatch is not stored: Binance's spot trades all say True.
 _EXPORT_COPY = "COPY ({}) TO STDOUT (FORMAT csv)"
-_MICROS = "(extract(epoch FROM trade_time) * 1000000)::bigint / %s"
 _WINDOWS = (timedelta(days=1), timedelta(days=7), timedelta(days=31), timedelta(days=366 * 30))
 
 
@@ -111,29 +109,6 @@ def first_id_from(symbol: str, channel: str, moment: datetime) -> int | None:
 
 def trade_time_of(symbol: str, channel: str, trade_id: int) -> datetime | None:
     return _stream(symbol, channel).filter(trade_id=trade_id).values_list("trade_time", flat=True).first()
-
-
-def export_copy(symbol: str, channel: str, start: datetime, end: datetime,
-                divisor: int) -> tuple[str, tuple[Any, ...]]:
-    """The COPY statement (and its parameters) of the trades of [start, end) as archive CSV, in id order."""
-    rows = (_stream(symbol, channel).filter(trade_time__gte=start, trade_time__lt=end).order_by("trade_id")
-            .annotate(quote=Round(F("price") * F("volume"), 8),
-                      micros=RawSQL(_MICROS, (divisor,), output_field=BigIntegerField()),  # noqa: S611 - constant SQL
-                      maker=Case(When(is_market_maker=True, then=Value("True")), default=Value("False")),
-                      best=Value("True"))
-            .values_list("trade_id", "price", "volume", "quote", "micros", "maker", "best"))
-    sql, params = rows.query.sql_with_params()
-    return _EXPORT_COPY.format(sql), params
-
-
-DayRow = tuple[int, Decimal, Decimal, datetime, bool]
-
-
-def day_rows(symbol: str, channel: str, start: datetime, end: datetime) -> QuerySet[PriceUpdate, DayRow]:
-    """One day's trades in id order as (trade_id, price, volume, trade_time, is_market_maker), for backends
-    without COPY (SQLite)."""
-    return (_stream(symbol, channel).filter(trade_time__gte=start, trade_time__lt=end).order_by("trade_id")
-            .values_list("trade_id", "price", "volume", "trade_time", "is_market_maker"))
 
 
 _US = "(extract(epoch FROM {}) * 1000000)::bigint"

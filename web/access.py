@@ -36,6 +36,13 @@ def may_see_internals(request: HttpRequest, *, public: bool) -> bool:
     return public or staff or bearer_token_matches(request)
 
 
+def refused() -> JsonResponse:
+    """What a program that may not see an internal endpoint gets."""
+    response = JsonResponse({"error": "a staff login or the metrics token is needed"}, status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="collector"'
+    return response
+
+
 def internal(*, html: bool = False, public_setting: str | None = None) -> Callable[[View], View]:
     """Decorate a view so that only staff, the token, or everyone when `public_setting` is on, see it."""
 
@@ -47,9 +54,7 @@ def internal(*, html: bool = False, public_setting: str | None = None) -> Callab
                 return view(request, *args, **kwargs)
             if html and "Authorization" not in request.headers:
                 return redirect_to_login(request.get_full_path(), "admin:login")
-            response = JsonResponse({"error": "a staff login or the metrics token is needed"}, status=401)
-            response["WWW-Authenticate"] = 'Bearer realm="collector"'
-            return response
+            return refused()
 
         return guarded
 

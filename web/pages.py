@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -14,33 +13,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET
 
 from streams.binance.protocol import TRADE
-from streams.broadcast import trade_message
-from streams.models import PriceUpdate
 from web.access import may_see_internals
-
-
-def _latest(symbol: str, channel: str, limit: int) -> list[dict[str, object]]:
-    """The stream's latest trades, oldest first (its ids follow trade time: the index walks them)."""
-    rows = PriceUpdate.objects.filter(ticker_symbol=symbol, channel=channel).order_by("-trade_id")[:limit]
-    return [trade_message(row.as_trade()) for row in reversed(rows)]
-
-
-_DAY_OPENS: dict[tuple[str, str, str], str] = {}  # (symbol, channel, UTC day) -> price; found once per process
-
-
-def _day_open(symbol: str, channel: str) -> str | None:
-    """The price of the stream's first stored trade of the UTC day (the day's change is against it)."""
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    key = (symbol, channel, midnight.date().isoformat())
-    if key not in _DAY_OPENS:
-        first = (PriceUpdate.objects.filter(ticker_symbol=symbol, channel=channel, trade_time__gte=midnight)
-                 .order_by("trade_time", "trade_id").values_list("price", flat=True).first())
-        if first is None:
-            return None  # nothing stored today yet: the page takes the day's first live trade
-        if len(_DAY_OPENS) > 10_000:  # days gone by
-            _DAY_OPENS.clear()
-        _DAY_OPENS[key] = f"{first:f}"
-    return _DAY_OPENS[key]
 
 
 def _url_or_none(name: str) -> str | None:
@@ -52,9 +25,10 @@ def _url_or_none(name: str) -> str | None:
 
 @require_GET
 def live(request: HttpRequest) -> HttpResponse:
-    """Each enabled symbol, opening with its latest stored trades and the day's first price, then live over
-    ws/trades/<symbol>/ (trades and the streams' state); the day's completeness from /api/coverage/ for
-    those who may see it."""
+    """The enabled symbols; the page then asks /api/candles/ for the chosen symbol's day (its candles and latest
+    trades) and follows ws/trades/<symbol>/ (trades and the streams' state); the day's completeness from
+    /api/coverage/ for those who may see it. Only the enabled streams' names are read here, nothing per stream:
+    an anonymous page's cost does not grow with the trades of every enabled stream."""
     from workers.registry import enabled_streams
 
     channels: dict[str, str] = {}  # per symbol, the stream the page shows: `trade` when it is enabled
@@ -64,8 +38,7 @@ def live(request: HttpRequest) -> HttpResponse:
     config = {
         "symbols": symbols,
         "channels": channels,
-        "initial": {s: _latest(s, channels[s], settings.LIVE_PAGE_TRADES) for s in symbols},
-        "day_open": {s: _day_open(s, channels[s]) for s in symbols},
+        "candles_url": reverse("candles-api"),
         "coverage_url": _url_or_none("coverage-api"),
     }
     may_see_status = may_see_internals(request, public=settings.STATUS_PUBLIC)

@@ -23,7 +23,7 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from streams.binance.backoff import RETRY
-from streams.binance.protocol import normalize_channel, normalize_symbol
+from streams.binance.protocol import CHANNELS, normalize_channel, normalize_symbol
 from streams.binance.rest import BinanceRest
 from workers.keys import StreamId, stream_id
 from workers.models import ENSURE_TASK
@@ -76,6 +76,22 @@ def enabled_streams() -> list[StreamId]:
         except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and InvalidStreamName are ValueErrors
             logger.warning("periodic task %r has unusable kwargs %r: %s", name, kwargs, exc)
     return streams
+
+
+def enabled_channels(symbol: str) -> list[str]:
+    """The channels of the symbol's enabled streams, by their task names: one indexed lookup whatever the
+    number of streams (for requests that anyone may make, such as the live page's)."""
+    names = [task_name(stream_id(symbol, channel)) for channel in CHANNELS]
+    found = []
+    for name, kwargs in stream_tasks().filter(enabled=True, name__in=names).values_list("name", "kwargs"):
+        try:
+            sid = key_of(kwargs)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("periodic task %r has unusable kwargs %r: %s", name, kwargs, exc)
+            continue
+        if sid.symbol == symbol:
+            found.append(sid.channel)
+    return sorted(found, key=CHANNELS.index)
 
 
 def enabled_symbols() -> list[str]:

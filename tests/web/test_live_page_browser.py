@@ -236,3 +236,40 @@ def test_a_feed_cut_off_from_redis_is_shown_and_its_return_too(web: Any) -> None
             expect(connection).to_have_attribute("data-state", "open", timeout=30_000)
             broadcast([trade(1, DAY_START_MS, "100.00000000", "1.00000000")])
             expect(page.locator("#tape tbody tr").first).to_have_attribute("data-trade-id", "1", timeout=20_000)
+
+
+@needs_browser
+def test_the_chart_opens_with_the_days_candles_from_the_dataset_then_moves_with_live_trades(web: Any) -> None:
+    # Before: the page opened with the latest LIVE_PAGE_TRADES stored trades, so after a day of history the
+    # one-minute chart showed the last candle or two. Three trades a minute for ten minutes, three trades kept
+    # for the tape: ten one-minute candles, two of five minutes.
+    from playwright.sync_api import expect
+
+    url, _ = web(web_env(LIVE_PAGE_TRADES="3"))
+    enable_stream("BTCUSDT", TRADE)
+    stored = [trade(1 + 3 * m + k, DAY_START_MS + m * 60_000 + k * 1000, f"{100 + m + k}.00000000", "0.10000000")
+              for m in range(10) for k in range(3)]
+    store_trades(stored)
+    write_status("connected", frame_age=0)
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(url + "/")
+        chart = page.locator("#chart")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open", timeout=20_000)
+        expect(chart).to_have_attribute("data-interval", "60")
+        expect(chart).to_have_attribute("data-bars", "10", timeout=20_000)
+        expect(chart).to_have_attribute("data-last-trades", "3")
+        expect(chart).to_have_attribute("data-last-volume", total("0.1", "0.1", "0.1"))
+        expect(page.locator("#tape tbody tr")).to_have_count(3)  # the latest trades, for the tape
+        expect(page.locator("#day-change")).to_have_attribute("data-change", "11.00")  # 111 against 100
+        # Live trades: one the opening counts already (30) is skipped, a new one (31) moves the last candle.
+        minute_nine = DAY_START_MS + 9 * 60_000
+        broadcast([stored[-1], trade(31, minute_nine + 40_000, "120.00000000", "0.00000001")])
+        expect(chart).to_have_attribute("data-last-trades", "4", timeout=20_000)
+        expect(chart).to_have_attribute("data-last-high", "120")
+        expect(chart).to_have_attribute("data-last-volume", total("0.1", "0.1", "0.1", "0.00000001"))
+        expect(chart).to_have_attribute("data-bars", "10")
+        page.click("#intervals button[data-seconds='300']")
+        expect(chart).to_have_attribute("data-bars", "2")
+        expect(chart).to_have_attribute("data-last-trades", "16")
+        expect(chart).to_have_attribute("data-last-open", "105")

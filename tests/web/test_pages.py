@@ -1,4 +1,5 @@
-"""The live page opens with the latest stored trades; the status page lists the streams."""
+"""The live page lists the enabled symbols and opens the chosen one from the dataset; the status page lists
+the streams."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ def make(symbol: str, count: int) -> list[Trade]:
                   1723161255350 + i, i % 2 == 0) for i in range(count)]
 
 
-def test_the_live_page_opens_with_each_enabled_symbols_latest_trades(settings: Any, clean_redis: None) -> None:
+def test_the_live_page_lists_the_enabled_symbols_and_opens_the_chosen_one_from_the_dataset(
+        settings: Any, clean_redis: None) -> None:
+    # The page held every enabled symbol's latest trades (a query each); now it names the symbols and the page
+    # asks /api/candles/ for the chosen one's day (tests/web/test_candles.py): the latest trades come with it.
     settings.LIVE_PAGE_TRADES = 5
     enable_stream("BTCUSDT", TRADE)
     enable_stream("ETHUSDT", TRADE)
@@ -38,17 +42,20 @@ def test_the_live_page_opens_with_each_enabled_symbols_latest_trades(settings: A
     found = re.search(r'<script id="live-config" type="application/json">(.*?)</script>', html, re.S)
     assert found is not None
     config = json.loads(found.group(1))
-    initial = config["initial"]
-    assert config["channels"] == {"BTCUSDT": "trade", "ETHUSDT": "trade"}
-    assert config["day_open"] == {"BTCUSDT": None, "ETHUSDT": None}  # nothing stored today
-    assert [t["trade_id"] for t in initial["BTCUSDT"]] == [1003, 1004, 1005, 1006, 1007]  # the latest, in order
-    newest = initial["BTCUSDT"][-1]
+    assert config == {"symbols": ["BTCUSDT", "ETHUSDT"], "channels": {"BTCUSDT": "trade", "ETHUSDT": "trade"},
+                      "candles_url": "/api/candles/", "coverage_url": "/api/coverage/"}
+    opening = Client().get(config["candles_url"], {"symbol": "BTCUSDT"}).json()
+    assert opening["candles"] == []  # nothing stored today (the trades are from 2024)
+    initial = opening["trades"]
+    assert [t["trade_id"] for t in initial] == [1003, 1004, 1005, 1006, 1007]  # the latest, in order
+    newest = initial[-1]
     # Stored times come back in µs since the lean storage, live ones in the exchange's ms: the page takes both.
     assert newest.pop("trade_ts") in (1723161255349, 1723161255349000)
     assert newest.pop("event_ts") in (1723161255357, 1723161255357000)
     assert newest == {"ticker_symbol": "BTCUSDT", "channel": "trade", "trade_id": 1007, "price": "107.25000000",
                       "volume": "0.50000000", "is_market_maker": False}
-    assert len(initial["ETHUSDT"]) == 2
+    assert opening["through_trade_id"] == 1007
+    assert len(Client().get(config["candles_url"], {"symbol": "ETHUSDT"}).json()["trades"]) == 2
     assert 'data-symbol="BTCUSDT"' in html and 'data-symbol="ETHUSDT"' in html
     assert "/static/web/live.js" in html and "cdn" not in html.lower()
     assert "/static/web/vendor/lightweight-charts.standalone.production.js" in html  # served by the app

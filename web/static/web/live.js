@@ -1,5 +1,7 @@
-// The live page: opens with the latest stored trades, then follows ws/trades/<symbol>/ (trades, and the
-// streams' state pushed every heartbeat), reconnecting by itself. Candlesticks with volume from TradingView's
+// The live page: opens a symbol with its UTC day from the dataset (/api/candles/: the day's one-minute candles,
+// the latest stored trades, and the newest trade id they count), then follows ws/trades/<symbol>/ (trades, and
+// the streams' state pushed every heartbeat), reconnecting by itself; live trades the opening already counts
+// are skipped, later ones move the last candle. Candlesticks with volume from TradingView's
 // lightweight-charts (built into the static files by `make setup`; nothing is loaded from the internet).
 // A page never shows "live" over a dead feed: the server says when its feed is interrupted, and a socket
 // that brings nothing for three heartbeats is abandoned and opened again.
@@ -8,6 +10,7 @@
 const TAPE_ROWS = 50;
 const MAX_BARS = 3000;                 // per symbol and interval
 const INTERVALS = [1, 60, 300];        // seconds per candle
+const DAY_INTERVALS = [60, 300];       // built from the day's one-minute candles; 1 s from the latest trades
 const CONNECT_TIMEOUT_MS = 10000;      // a socket that has not opened by then is given up and retried
 const COVERAGE_EVERY_MS = 10 * 60 * 1000;
 const UNITS = 100000000n;              // quantities are summed exactly, in units of 1e-8
@@ -51,23 +54,33 @@ function utcDay(ms) {
 
 // --- the book of a symbol: trades, candles per interval, the day ---------------------------------------
 
+function newBook() {
+  // `pending`: live trades that came before the opening (null once opened); `through`: the newest trade id
+  // the opening counts (live trades up to it are in its candles already).
+  return { trades: [], bars: Object.fromEntries(INTERVALS.map((s) => [s, new Map()])), lastBarTime: {},
+           day: utcDay(Date.now()), dayOpen: null, precision: 2, last: null, dirty: new Set(), reset: new Set(),
+           streams: null, pending: [], through: -1 };
+}
+
 function book(symbol) {
-  if (!books[symbol]) {
-    books[symbol] = { trades: [], bars: Object.fromEntries(INTERVALS.map((s) => [s, new Map()])),
-                      lastBarTime: {}, day: utcDay(Date.now()), dayOpen: config.day_open?.[symbol] ?? null,
-                      precision: 2, last: null, dirty: new Set(), reset: new Set(), streams: null };
-  }
+  if (!books[symbol]) books[symbol] = newBook();
   return books[symbol];
 }
 
-function addTrades(symbol, trades) {
+function addLive(symbol, trades) {
+  const b = book(symbol);
+  if (b.pending) { b.pending.push(...trades); return; }
+  addTrades(symbol, trades.filter((t) => t.trade_id > b.through), INTERVALS);
+}
+
+function addTrades(symbol, trades, intervals) {
   const b = book(symbol);
   for (const t of trades) {
     const ms = tradeMs(t);
     const price = Number(t.price);
     const volume = units(t.volume);
     b.precision = Math.max(b.precision, decimals(t.price));
-    for (const seconds of INTERVALS) {
+    for (const seconds of intervals) {
       const time = Math.floor(ms / 1000 / seconds) * seconds;
       const bars = b.bars[seconds];
       const bar = bars.get(time);
@@ -94,6 +107,53 @@ function addTrades(symbol, trades) {
   if (b.trades.length > TAPE_ROWS * 4) b.trades.splice(0, b.trades.length - TAPE_ROWS);
   if (symbol === current) scheduleRender();
   else b.dirty.clear();                // drawn whole when chosen
+}
+
+// --- the opening: the day's candles and latest trades from the dataset ----------------------------------
+
+function addCandles(b, candles) {      // one-minute candles, oldest first, exact decimal texts
+  for (const c of candles) {
+    const minute = Date.parse(c.open_time.slice(0, 19) + "Z") / 1000;
+    const [open, high, low, close] = [c.open, c.high, c.low, c.close].map(Number);
+    const volume = units(c.volume);
+    b.precision = Math.max(b.precision, ...[c.open, c.high, c.low, c.close].map(decimals));
+    for (const seconds of DAY_INTERVALS) {
+      const time = Math.floor(minute / seconds) * seconds;
+      const bars = b.bars[seconds];
+      const bar = bars.get(time);
+      if (bar) {
+        bar.high = Math.max(bar.high, high);
+        bar.low = Math.min(bar.low, low);
+        bar.close = close;
+        bar.volume += volume;
+        bar.trades += c.trades;
+      } else {
+        bars.set(time, { time, open, high, low, close, volume, trades: c.trades });
+      }
+      b.lastBarTime[seconds] = Math.max(b.lastBarTime[seconds] ?? -Infinity, time);
+    }
+  }
+}
+
+async function loadOpening(symbol) {
+  const b = book(symbol);
+  try {
+    const response = await fetch(`${config.candles_url}?symbol=${symbol}&interval=1m`,
+                                 { headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error(String(response.status));
+    const opening = await response.json();
+    if (books[symbol] !== b) return;   // chosen again since: that opening is the one
+    if (opening.candles.length) b.dayOpen = opening.candles[0].open;  // the day's first trade
+    addCandles(b, opening.candles);
+    addTrades(symbol, opening.trades, [1]);  // the tape and the one-second candles
+    b.through = opening.through_trade_id ?? -1;
+  } catch (error) {
+    if (books[symbol] !== b) return;   // without an opening the page goes on with the live trades alone
+  }
+  const pending = b.pending;
+  b.pending = null;
+  addLive(symbol, pending);
+  if (symbol === current) scheduleRender(true);
 }
 
 // --- the chart -----------------------------------------------------------------------------------------
@@ -291,7 +351,7 @@ function connect() {
       for (const [stream, rows] of Object.entries(frame.streams)) {
         const [lower, channel] = stream.split("@");
         const symbol = lower.toUpperCase();
-        if (channel === config.channels[symbol]) addTrades(symbol, expand(symbol, channel, rows));
+        if (channel === config.channels[symbol]) addLive(symbol, expand(symbol, channel, rows));
       }
     } else if (frame.type === "hello") {
       retry = 0;
@@ -378,17 +438,18 @@ function chooseInterval(seconds) {
 
 function chooseSymbol(symbol) {
   current = symbol;
+  books[symbol] = newBook();           // opened afresh: its day from the dataset, then live
   document.querySelectorAll("#symbols button").forEach(
     (b) => b.setAttribute("aria-pressed", String(b.dataset.symbol === symbol)));
   if (socket) { const old = socket; socket = null; old.close(); }
   retry = 0;
   scheduleRender(true);
   connect();
+  loadOpening(symbol);
   loadCoverage();
 }
 
 makeChart();
-for (const [symbol, trades] of Object.entries(config.initial)) addTrades(symbol, trades);
 document.querySelectorAll("#symbols button").forEach((b) => b.addEventListener("click", () => chooseSymbol(b.dataset.symbol)));
 document.querySelectorAll("#intervals button").forEach(
   (b) => b.addEventListener("click", () => chooseInterval(Number(b.dataset.seconds))));
