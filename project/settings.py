@@ -209,6 +209,8 @@ BINANCE_QUEUE_SIZE = env_int("BINANCE_QUEUE_SIZE", 10_000, minimum=1)
 BINANCE_REST_WEIGHT_BUDGET = env_int("BINANCE_REST_WEIGHT_BUDGET", 4800, minimum=1)
 BINANCE_REST_WEIGHT_WINDOW = env_float("BINANCE_REST_WEIGHT_WINDOW", 60.0, minimum=1.0)
 BINANCE_STREAMS_PER_CONNECTION = env_int("BINANCE_STREAMS_PER_CONNECTION", 200, minimum=1)
+# `streams enable` asks (or, with no terminal, wants --yes) before enabling more streams than this at once.
+STREAMS_ENABLE_CONFIRM_ABOVE = env_int("STREAMS_ENABLE_CONFIRM_ABOVE", 100, minimum=0)
 if BINANCE_STREAMS_PER_CONNECTION > 1024:
     raise ImproperlyConfigured(f"BINANCE_STREAMS_PER_CONNECTION={BINANCE_STREAMS_PER_CONNECTION} is above the "
                                "exchange's 1024 streams per connection")

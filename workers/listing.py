@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -24,7 +24,7 @@ from asgiref.sync import async_to_sync
 from redis.typing import EncodableT
 
 from streams.binance.backoff import RETRY
-from streams.binance.errors import ParseError, RestError
+from streams.binance.errors import InvalidStreamName, ParseError, RestError
 from streams.binance.protocol import normalize_symbol
 from streams.binance.rest import BinanceRest
 from workers.budget import shared_rest
@@ -102,18 +102,31 @@ def _parse(body: Any) -> dict[str, Listed]:
 
 @dataclass
 class Selection:
-    """Symbols chosen from the listing: those that trade, and those left out because they do not."""
+    """Symbols chosen from the listing: those that trade, those left out because they do not, and names the
+    collector cannot take (its symbol rules refuse them: exchanges list names that are not ASCII)."""
 
     trading: list[str]
     not_trading: dict[str, str]  # symbol -> status
+    unusable: dict[str, str] = field(default_factory=dict)  # listed name -> why it cannot be taken
 
 
 def trading_symbols(quotes: Collection[str] | None = None) -> Selection:
-    """Every listed symbol (of the `quotes` assets, if given), split by whether it trades: one call."""
+    """Every listed symbol (of the `quotes` assets, if given), split by whether it trades: one call. A name
+    that cannot be a stream is set aside with the reason: one odd name never stops the others."""
     wanted = {q.upper() for q in quotes} if quotes else None
-    chosen = [entry for entry in listing().values() if wanted is None or entry.quote in wanted]
+    chosen, unusable = [], {}
+    for entry in listing().values():
+        if wanted is not None and entry.quote not in wanted:
+            continue
+        try:
+            normalize_symbol(entry.symbol)
+        except InvalidStreamName as exc:
+            unusable[entry.symbol] = str(exc)
+            continue
+        chosen.append(entry)
     return Selection(sorted(e.symbol for e in chosen if e.trading),
-                     {e.symbol: e.status for e in sorted(chosen, key=lambda e: e.symbol) if not e.trading})
+                     {e.symbol: e.status for e in sorted(chosen, key=lambda e: e.symbol) if not e.trading},
+                     dict(sorted(unusable.items())))
 
 
 @dataclass

@@ -62,7 +62,10 @@ class FakeExchange:
     ) -> None:
         symbols = {"BTCUSDT": 10.0} if symbols is None else symbols
         for symbol, rate in symbols.items():
-            if not (isinstance(symbol, str) and symbol.isascii() and symbol.isalnum() and symbol.isupper()):
+            # Upper-case letters and digits; not only ASCII ones: the real exchange lists names such as 币安人生USDT,
+            # which a client's name rules may refuse (the collector's do).
+            if not (isinstance(symbol, str) and symbol.isalnum() and symbol == symbol.upper()
+                    and any(c.isupper() for c in symbol)):
                 raise ValueError(f"symbol {symbol!r} must be upper-case letters and digits, like BTCUSDT")
             if not isinstance(rate, int | float) or rate < 0:
                 raise ValueError(f"trade rate {rate!r} for {symbol} must be a number >= 0")

@@ -210,3 +210,25 @@ def test_check_marks_enabled_symbols_that_stop_trading_and_list_and_status_show_
     assert streams("check") == "2 enabled symbols checked: every one trades\n"
     assert "A011USDT: trading again" in caplog.text and listing.not_trading() == {}
     assert "not trading" not in streams("list")
+
+
+def test_enable_all_skips_and_names_the_symbols_it_cannot_take_and_enables_the_rest(
+        settings: Settings, clean_redis: None) -> None:
+    # Seen: the exchange listed one name the collector's rules refuse (a non-ASCII one, as the real exchange
+    # lists), and `enable --all` enabled nothing.
+    with running_exchange(symbols={"BTCUSDT": 0.0, "ETHUSDT": 0.0, "币安人生USDT": 0.0}, seed=3) as ex:
+        settings.BINANCE_REST_URL = ex.rest_url
+        line = streams("enable", "--all", "--quote", "USDT")
+    assert line.startswith("enabled 2 streams; 1 name the collector cannot take skipped: '币安人生USDT'"), line
+    assert sorted(s.symbol for s in registry.enabled_streams()) == ["BTCUSDT", "ETHUSDT"]
+
+
+def test_enable_all_asks_before_enabling_more_than_the_configured_count(
+        settings: Settings, market: FakeExchange) -> None:
+    # Seen: 3,001 streams enabled by one command, without a question.
+    settings.STREAMS_ENABLE_CONFIRM_ABOVE = 10
+    with pytest.raises(CommandError, match="would enable 37 streams, more than STREAMS_ENABLE_CONFIRM_ABOVE=10: "
+                                           "run it again with --yes"):
+        streams("enable", "--all", "--quote", "USDT")
+    assert registry.enabled_streams() == []
+    assert streams("enable", "--all", "--quote", "USDT", "--yes").startswith("enabled 37 streams")

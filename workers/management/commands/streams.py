@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from streams.binance.errors import InvalidStreamName, StreamError
@@ -42,9 +44,13 @@ class Command(BaseCommand):
                             help="enable: every symbol the exchange trades now; disable: every stream.")
         parser.add_argument("--quote", action="append", default=None,
                             help="With enable --all: only symbols quoted in this asset, like USDT (repeatable).")
+        parser.add_argument("--yes", action="store_true",
+                            help="With enable: go ahead when more than STREAMS_ENABLE_CONFIRM_ABOVE streams would "
+                                 "be enabled (without it the command asks on a terminal, and refuses elsewhere)")
 
     def handle(self, *args: Any, action: str, symbols: list[str], channel: list[str] | None, every: bool,
                quote: list[str] | None, **options: Any) -> None:
+        self.yes = bool(options.get("yes"))
         if every and symbols:
             raise CommandError(f"`streams {action}` takes SYMBOLs or --all, not both")
         if every and action not in ("enable", "disable"):
@@ -63,18 +69,41 @@ class Command(BaseCommand):
         if not symbols and not every:
             raise CommandError("`streams enable` needs a SYMBOL, like BTCUSDT (or several), or --all")
         channels = channels or [TRADE]
+        unusable: dict[str, str] = {}
         try:
             if every:
                 chosen = listing.trading_symbols(quotes)
-                trading, skipped = chosen.trading, chosen.not_trading
+                trading, skipped, unusable = chosen.trading, chosen.not_trading, chosen.unusable
                 if not trading and not skipped:
                     raise CommandError(f"the exchange lists no symbol quoted in {', '.join(quotes or [])}")
             else:
                 trading, skipped = _named(symbols, "enable")
         except StreamError as exc:  # the exchange could not answer, or answered nonsense
             raise CommandError(f"cannot enable {_what(symbols, every)}: {exc}") from exc
-        changes = registry.enable_streams([stream_id(s, c) for s in trading for c in channels])
-        self.stdout.write(registry.summary("enabled", changes, skipped if every else None))
+        wanted = [stream_id(s, c) for s in trading for c in channels]
+        self._confirm(len(wanted) - len(set(wanted) & set(registry.enabled_streams())))
+        changes = registry.enable_streams(wanted)
+        line = registry.summary("enabled", changes, skipped if every else None)
+        if unusable:
+            names = ", ".join(repr(name) for name in list(unusable)[:10]) + (", ..." if len(unusable) > 10 else "")
+            line = (f"{line.rstrip()}; {len(unusable):,} name{'' if len(unusable) == 1 else 's'} the collector "
+                    f"cannot take skipped: {names}\n")
+            for name, why in unusable.items():
+                logger.warning("enable --all: skipped %r: %s", name, why)
+        self.stdout.write(line)
+
+    def _confirm(self, count: int) -> None:
+        """Enabling many streams at once is asked for, above STREAMS_ENABLE_CONFIRM_ABOVE: every one is a
+        connection's share, REST weight to heal it and rows to store, and a typo in --quote can mean thousands."""
+        limit = settings.STREAMS_ENABLE_CONFIRM_ABOVE
+        if count <= limit or self.yes:
+            return
+        question = f"would enable {count:,} streams, more than STREAMS_ENABLE_CONFIRM_ABOVE={limit}"
+        if not sys.stdin.isatty():
+            raise CommandError(f"{question}: run it again with --yes")
+        answer = input(f"{question}. Enable them? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            raise CommandError("nothing enabled")
 
     def handle_disable(self, symbols: list[str], channels: list[str] | None, *, every: bool, **_: Any) -> None:
         if every:
