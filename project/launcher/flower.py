@@ -16,6 +16,11 @@ import sys
 from project.envfiles import EnvFileError, env_file_load
 
 KNOWN_DEFAULT = "admin:change-me"  # what `make run` shipped before it generated a login
+MIN_PASSWORD_LENGTH = 12  # as the admin's own password rule (settings.AUTH_PASSWORD_VALIDATORS)
+# The words the most common passwords are built from: a password made of them and little else is refused.
+_COMMON = ("password", "passwort", "admin", "flower", "celery", "changeme", "change-me", "secret", "letmein",
+           "welcome", "qwerty", "123456", "abc123", "iloveyou", "monkey", "dragon", "master", "root", "guest",
+           "test", "default")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 
 
@@ -32,6 +37,22 @@ def basic_auth_problem(value: str | None) -> str | None:
         if credential.strip() == KNOWN_DEFAULT:
             return (f"FLOWER_BASIC_AUTH is the known default {KNOWN_DEFAULT}: set a real user:password, "
                     "or unset it (make run generates one into .env)")
+        weakness = _weak(user.strip(), password.strip())
+        if weakness:
+            return f"FLOWER_BASIC_AUTH's password for {user.strip()!r} {weakness} (make run generates a strong one)"
+    return None
+
+
+def _weak(user: str, password: str) -> str | None:
+    """Why a Flower password is too weak to guard the task list and its controls, or None: as for SECRET_KEY,
+    a short or well-known value is refused rather than warned about."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"is {len(password)} characters long: at least {MIN_PASSWORD_LENGTH} characters are required"
+    lowered = password.lower()
+    if user and user.lower() in lowered and len(lowered) < 2 * MIN_PASSWORD_LENGTH:
+        return "repeats the user name"
+    if any(word in lowered for word in _COMMON) and len(set(lowered)) < MIN_PASSWORD_LENGTH:
+        return "is too common (built from a well-known password)"
     return None
 
 

@@ -30,7 +30,7 @@ def _free_port() -> int:
 def test_flower_lists_the_running_stream_task_as_streaming(fast_settings: Any, celery_worker_threads: Any) -> None:
     port = _free_port()
     env = {**os.environ, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "project.settings", "REDIS_URL": settings.REDIS_URL,
-           "DATABASE_URL": database_url(), "FLOWER_BASIC_AUTH": "watcher:secret"}
+           "DATABASE_URL": database_url(), "FLOWER_BASIC_AUTH": "watcher:7f3kq9-xw2p1"}
     # As the Procfile starts it: launcher.flower checks the login, binds 127.0.0.1, then runs `celery flower`.
     flower = subprocess.Popen([sys.executable, "-m", "project.launcher.flower", f"--port={port}"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -64,7 +64,7 @@ LAST: list[str] = []
 
 
 def _streaming_task(port: int) -> dict[str, Any] | None:
-    response = httpx.get(f"http://127.0.0.1:{port}/api/tasks", auth=("watcher", "secret"), timeout=5)
+    response = httpx.get(f"http://127.0.0.1:{port}/api/tasks", auth=("watcher", "7f3kq9-xw2p1"), timeout=5)
     LAST[:] = [f"{response.status_code} {response.text[:300]}"]
     if response.status_code != 200:
         return None

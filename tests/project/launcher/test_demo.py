@@ -85,7 +85,7 @@ def test_a_demo_run_never_touches_the_real_database_or_redis_database(tmp_path: 
     real_database = tmp_path / "real.sqlite3"
     env = machine(tmp_path, DATABASE_URL=f"sqlite:///{real_database}", REDIS_URL=settings.REDIS_URL,
                   DEMO_DATABASE_URL=f"sqlite:///{tmp_path}/demo.sqlite3",
-                  DEMO_REDIS_URL=f"redis://127.0.0.1:{port}/1", FLOWER_BASIC_AUTH="demo:not-the-default")
+                  DEMO_REDIS_URL=f"redis://127.0.0.1:{port}/1", FLOWER_BASIC_AUTH="demo:7f3kq9-xw2p1-q8")
     started = Started([sys.executable, "-m", "project.launcher.run", *demo_args(tmp_path), "--procfile",
                        str(procfile)], env)
     try:

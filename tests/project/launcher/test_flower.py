@@ -23,8 +23,15 @@ from tests.helpers import ROOT, free_port, wait_for
     ("adminsecret", "has no colon"),
     (":secret", "empty user or password"),
     ("admin:", "empty user or password"),
-    ("watcher:secret,admin:", "empty user or password"),  # Flower splits on commas: every login is checked
+    ("watcher:7f3kq9-xw2p1,admin:", "empty user or password"),  # Flower splits on commas: every login is checked
     ("admin:change-me", "the known default admin:change-me"),
+    # Seen: Flower started with admin:admin, admin:password and a 6-character password.
+    ("admin:admin", "at least 12 characters"),
+    ("ops:short-pw", "at least 12 characters"),
+    ("admin:password1234", "too common"),
+    ("admin:flowerflower", "too common"),
+    ("watcher:watcher-watcher", "repeats the user name"),
+    ("ok:Zq3-long-random,admin:secret", "at least 12 characters"),  # every login of the list
 ])
 def test_it_refuses_anything_but_a_real_user_and_password(value: str | None, message: str) -> None:
     problem = basic_auth_problem(value)
@@ -33,7 +40,7 @@ def test_it_refuses_anything_but_a_real_user_and_password(value: str | None, mes
 
 def test_real_logins_pass() -> None:
     assert basic_auth_problem("admin:Zq3-long-random") is None
-    assert basic_auth_problem("watcher:secret,ops:another") is None
+    assert basic_auth_problem("watcher:7f3kq9-xw2p1,ops:another-long-one") is None
 
 
 def test_it_binds_to_loopback_unless_told_otherwise() -> None:
@@ -48,7 +55,7 @@ def test_it_binds_to_loopback_unless_told_otherwise() -> None:
     ({"FLOWER_BASIC_AUTH": ""}, [], "FLOWER_BASIC_AUTH is not set"),
     ({"FLOWER_BASIC_AUTH": "admin:change-me"}, [], "known default"),
     ({"FLOWER_BASIC_AUTH": "a:b"}, ["--basic-auth="], "FLOWER_BASIC_AUTH is not set"),
-    ({"FLOWER_BASIC_AUTH": "a:b", "FLOWER_UNAUTHENTICATED_API": "true"}, [], "FLOWER_UNAUTHENTICATED_API"),
+    ({"FLOWER_BASIC_AUTH": "a:7f3kq9-xw2p1", "FLOWER_UNAUTHENTICATED_API": "true"}, [], "FLOWER_UNAUTHENTICATED_API"),
 ])
 def test_the_wrapper_refuses_to_start_flower_in_one_line(env: dict[str, str], args: list[str], message: str) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
@@ -64,7 +71,7 @@ def test_the_flower_the_project_starts_refuses_basic_bang_and_listens_on_loopbac
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}, "DEBUG": "1",
            "DJANGO_SETTINGS_MODULE": "project.settings", "REDIS_URL": settings.REDIS_URL,
-           "FLOWER_BASIC_AUTH": "watcher:secret"}
+           "FLOWER_BASIC_AUTH": "watcher:7f3kq9-xw2p1"}
     command = _procfile_command("flower").replace("${FLOWER_ADDRESS:-127.0.0.1}", "127.0.0.1")
     command = command.replace("${FLOWER_PORT:-5555}", str(port)).replace(".venv/bin/python", sys.executable)
     flower = subprocess.Popen(["sh", "-c", f"exec {command}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -75,9 +82,9 @@ def test_the_flower_the_project_starts_refuses_basic_bang_and_listens_on_loopbac
         assert httpx.get(url, headers={"Authorization": "Basic !"}).status_code == 401  # the empty-login trap
         assert httpx.get(url).status_code == 401
         assert httpx.get(url, auth=("watcher", "wrong")).status_code == 401
-        assert httpx.get(url, auth=("watcher", "secret")).status_code == 200
+        assert httpx.get(url, auth=("watcher", "7f3kq9-xw2p1")).status_code == 200
         assert _listening_addresses(port) == ["127.0.0.1"]
-        assert "watcher:secret" not in Path(f"/proc/{flower.pid}/cmdline").read_text(errors="replace")
+        assert "watcher:7f3kq9-xw2p1" not in Path(f"/proc/{flower.pid}/cmdline").read_text(errors="replace")
     finally:
         flower.terminate()
         flower.wait(timeout=30)

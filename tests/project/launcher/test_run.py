@@ -11,7 +11,7 @@ from project.launcher.run import banner_lines, ready_addresses
 
 def test_the_banner_says_what_a_person_needs_next(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
-    env_file.write_text("FLOWER_BASIC_AUTH=admin:x\n")
+    env_file.write_text("FLOWER_BASIC_AUTH=admin:7f3kq9-xw2p1\n")
     profile = dataclasses.replace(RUN, env_files=(env_file,), secrets_file=env_file)
     env = {"PORT": "8600", "FLOWER_PORT": "5655", "HOST": "0.0.0.0"}  # noqa: S104 - web on every interface
     text = "\n".join(banner_lines(profile, env, {"web", "flower", "streams"}))

@@ -140,7 +140,7 @@ def test_make_run_starts_a_private_redis_and_stops_everything_on_sigterm(tmp_pat
 
 def test_make_manage_runs_manage_py_with_make_runs_environment(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
-    env_file.write_text(f"DATABASE_URL=sqlite:///{tmp_path}/other.sqlite3\nFLOWER_BASIC_AUTH=a:b\n")
+    env_file.write_text(f"DATABASE_URL=sqlite:///{tmp_path}/other.sqlite3\nFLOWER_BASIC_AUTH=a:7f3kq9-xw2p1\n")
     env = machine(tmp_path)
     del env["DATABASE_URL"]  # from the env file
     args = [sys.executable, "-m", "project.launcher.run", "--env-file", str(env_file), "--", "shell", "-c",
