@@ -135,11 +135,16 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 # Login throttle (django-axes): after LOGIN_FAILURE_LIMIT failures of one username from one address, that
 # pair is refused (429) for LOGIN_COOLOFF seconds, whatever the password. The pair, not the address alone:
-# behind a proxy every client may share one address. The attempts live in the database (axes' tables).
+# behind a proxy every client may share one address. The attempts live in the database (axes' tables). The
+# address is the client's own: uvicorn takes X-Forwarded-For only from FORWARDED_ALLOW_IPS (the Procfile
+# passes it; empty by default: no proxy header is trusted).
 INSTALLED_APPS += ["axes"]
 MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as axes asks
-AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "web.throttle.UserThrottleBackend",
+                           "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+# And per user from anywhere (web/throttle.py): a guess spread over many addresses (a trusted proxy's clients).
+LOGIN_USER_FAILURE_LIMIT = env_int("LOGIN_USER_FAILURE_LIMIT", 20, minimum=1)
 AXES_COOLOFF_TIME = timedelta(seconds=env_float("LOGIN_COOLOFF", 900.0, minimum=1.0))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
