@@ -106,6 +106,8 @@ LIVE_CANDLES_CACHE = env_float("LIVE_CANDLES_CACHE", 5.0, minimum=0.0)
 # The live feed (web/live/hub.py; docs/live-page.md, "The live page at scale"): one channel-layer member per process
 # fans the trades out to its pages.
 LIVE_MAX_CONNECTIONS = env_int("LIVE_MAX_CONNECTIONS", 2500, minimum=1)  # pages per web process; more: 1013
+# pages one client address may hold on a web process: one address cannot take every slot (1013 beyond)
+LIVE_MAX_CONNECTIONS_PER_ADDRESS = env_int("LIVE_MAX_CONNECTIONS_PER_ADDRESS", 50, minimum=1)
 LIVE_MAX_FRAME = env_int("LIVE_MAX_FRAME", 4096, minimum=125)  # bytes a page may send in a frame (also uvicorn's)
 LIVE_SEND_QUEUE = env_int("LIVE_SEND_QUEUE", 50, minimum=2)  # frames a page may lag behind before it is dropped
 LIVE_FLUSH_INTERVAL = env_float("LIVE_FLUSH_INTERVAL", 0.1, minimum=0.0)  # s: trades coalesced per page frame

@@ -98,11 +98,16 @@ class TradesConsumer(AsyncWebsocketConsumer):
                 return
         compact = parse_qs(self.scope.get("query_string", b"").decode()).get("format") == ["compact"]
         hub = live_hub()
-        page = hub.join(symbol, self._send_frame, self._close_page, compact=compact)
+        client = self.scope.get("client")
+        address = str(client[0]) if client else None  # the client's own address (behind a trusted proxy: its)
+        refused_before = hub.stats.refused_address
+        page = hub.join(symbol, self._send_frame, self._close_page, compact=compact, address=address)
         await self.accept()
         if page is None:  # accepted first so that the page can read why, and retry later
-            await self.close(code=CLOSE_SERVER_FULL, reason=close_reason(
-                f"server busy: {hub.config.max_pages} live pages on this process; try again later"))
+            why = (f"{hub.config.max_pages_per_address} live pages from your address already"
+                   if hub.stats.refused_address > refused_before
+                   else f"{hub.config.max_pages} live pages on this process")
+            await self.close(code=CLOSE_SERVER_FULL, reason=close_reason(f"server busy: {why}; try again later"))
             return
         self.hub, self.page = hub, page
         hub.start_page(page, direct_writer(self.base_send))

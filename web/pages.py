@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,26 +24,59 @@ def _url_or_none(name: str) -> str | None:
         return None
 
 
-@require_GET
-def live(request: HttpRequest) -> HttpResponse:
-    """The enabled symbols; the page then asks /api/candles/ for the chosen symbol's day (its candles and latest
-    trades) and follows ws/trades/<symbol>/ (trades and the streams' state); the day's completeness from
-    /api/coverage/ for those who may see it. Only the enabled streams' names are read here, nothing per stream:
-    an anonymous page's cost does not grow with the trades of every enabled stream."""
+LIVE_PAGE_SYMBOLS = 40  # symbols the live page shows as buttons; any other enabled one is chosen by name
+_ENABLED: tuple[float, dict[str, str]] = (0.0, {})  # (monotonic time read, symbol -> channel), this process's
+
+
+def enabled_channels() -> dict[str, str]:
+    """Per enabled symbol, the stream the live page shows (`trade` when it is enabled): read at most once per
+    LIVE_CANDLES_CACHE seconds per process, so that an anonymous page's cost does not grow with the number of
+    enabled streams (thousands of them made each request read and parse every stream's task)."""
+    global _ENABLED  # noqa: PLW0603 - this process's short-lived copy
+    read_at, channels = _ENABLED
+    if time.monotonic() - read_at < settings.LIVE_CANDLES_CACHE and read_at:
+        return channels
     from workers.registry import enabled_streams
 
-    channels: dict[str, str] = {}  # per symbol, the stream the page shows: `trade` when it is enabled
+    channels = {}
     for sid in enabled_streams():
         channels[sid.symbol] = TRADE if channels.get(sid.symbol) == TRADE else sid.channel
-    symbols = sorted(channels)
+    _ENABLED = (time.monotonic(), channels)
+    return channels
+
+
+def forget_enabled() -> None:
+    """Read the enabled streams afresh at the next request (tests; a process that enabled streams itself)."""
+    global _ENABLED  # noqa: PLW0603
+    _ENABLED = (0.0, {})
+
+
+@require_GET
+def live(request: HttpRequest) -> HttpResponse:
+    """The live page: the chosen symbol (`?symbol=`, or the first) and a bounded choice of others; the page then
+    asks /api/candles/ for the chosen symbol's day (its candles and latest trades) and follows ws/trades/<symbol>/
+    (trades and the streams' state); the day's completeness from /api/coverage/ for those who may see it. What
+    a request costs does not grow with the number of enabled streams: their names are read once per few seconds
+    per process, and the page carries LIVE_PAGE_SYMBOLS of them."""
+    channels = enabled_channels()
+    everything = sorted(channels)
+    asked = (request.GET.get("symbol") or "").strip().upper()
+    chosen = asked if asked in channels else (everything[0] if everything else None)
+    shown = everything[:LIVE_PAGE_SYMBOLS]
+    if chosen is not None and chosen not in shown:
+        shown = [chosen, *shown[:LIVE_PAGE_SYMBOLS - 1]]
+    symbols = shown
     config = {
         "symbols": symbols,
-        "channels": channels,
+        "chosen": chosen,
+        "enabled": len(everything),
+        "channels": {symbol: channels[symbol] for symbol in symbols},
         "candles_url": reverse("candles-api"),
         "coverage_url": _url_or_none("coverage-api"),
     }
     may_see_status = may_see_internals(request, public=settings.STATUS_PUBLIC)
-    return render(request, "web/live.html", {"symbols": symbols, "config": config, "may_see_status": may_see_status})
+    return render(request, "web/live.html", {"symbols": symbols, "config": config, "may_see_status": may_see_status,
+                                             "more": max(0, len(everything) - len(symbols)), "chosen": chosen})
 
 
 def _count(value: Any) -> str:

@@ -437,3 +437,28 @@ async def test_batches_that_are_not_trades_are_refused_and_counted(install_hub: 
     assert [t["trade_id"] for t in await next_trades(page)] == [9]
     assert hub.stats.refused_trades == 3
     await page.disconnect()
+
+
+async def from_address(address: str) -> WebsocketCommunicator:
+    page = WebsocketCommunicator(application, "/ws/trades/", headers=ORIGIN)
+    page.scope["client"] = (address, 40000)
+    connected, _ = await page.connect()
+    assert connected
+    return page
+
+
+async def test_one_address_cannot_take_every_live_page_slot(install_hub: Callable[..., Hub]) -> None:
+    # Seen: the per-process cap alone let one client hold every slot of a web process.
+    hub = install_hub(max_pages=10, max_pages_per_address=2)
+    mine = [await from_address("198.51.100.7") for _ in range(2)]
+    third = await from_address("198.51.100.7")
+    closed = await until_closed(third)
+    assert closed["code"] == CLOSE_SERVER_FULL and "2 live pages from your address" in closed["reason"]
+    other = await from_address("198.51.100.8")  # another client still gets in
+    assert hub.stats.refused_address == 1 and hub.stats.pages == 3
+    await mine[0].disconnect()
+    await until(lambda: hub.stats.pages == 2)
+    again = await from_address("198.51.100.7")  # its slot is free again
+    assert hub.stats.pages == 3
+    for page in [mine[1], other, again]:
+        await page.disconnect()

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -60,6 +61,7 @@ MAX_COALESCE = 0.5    # s a frame may wait for the pages still writing the previ
 @dataclass(frozen=True)
 class HubConfig:
     max_pages: int = 2500          # LIVE_MAX_CONNECTIONS
+    max_pages_per_address: int = 50  # LIVE_MAX_CONNECTIONS_PER_ADDRESS: one client cannot take every slot
     queue_frames: int = 50         # LIVE_SEND_QUEUE
     flush_interval: float = 0.1    # LIVE_FLUSH_INTERVAL
     state_interval: float = 2.0    # LIVE_STATE_INTERVAL
@@ -72,8 +74,8 @@ class HubConfig:
 
     @classmethod
     def from_settings(cls) -> HubConfig:
-        return cls(settings.LIVE_MAX_CONNECTIONS, settings.LIVE_SEND_QUEUE, settings.LIVE_FLUSH_INTERVAL,
-                   settings.LIVE_STATE_INTERVAL, settings.LIVE_MAX_FRAME,
+        return cls(settings.LIVE_MAX_CONNECTIONS, settings.LIVE_MAX_CONNECTIONS_PER_ADDRESS, settings.LIVE_SEND_QUEUE,
+                   settings.LIVE_FLUSH_INTERVAL, settings.LIVE_STATE_INTERVAL, settings.LIVE_MAX_FRAME,
                    max(10.0, 3 * settings.LIVE_STATE_INTERVAL))
 
 
@@ -83,6 +85,7 @@ class HubStats:
     peak_pages: int = 0
     joined: int = 0
     refused: int = 0           # beyond LIVE_MAX_CONNECTIONS
+    refused_address: int = 0   # beyond LIVE_MAX_CONNECTIONS_PER_ADDRESS
     dropped_slow: int = 0      # closed with CLOSE_TOO_SLOW
     too_big: int = 0           # closed for a frame over LIVE_MAX_FRAME (counted by the consumer)
     batches: int = 0
@@ -126,16 +129,24 @@ class Hub:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="live-hub")
         self._expiry = float(getattr(layer, "group_expiry", 86400))
         self._renew_every = config.renew_every or min(self._expiry / 3, 10.0)
+        self._by_address: Counter[str] = Counter()  # live pages per client address
 
     # --- pages ------------------------------------------------------------------------------------------
 
-    def join(self, symbol: str | None, send: Send, close: Close, *, compact: bool = False) -> Page | None:
-        """A new page (not yet started: start it once the socket is accepted), or None when the process
-        has its LIVE_MAX_CONNECTIONS pages already (counted)."""
+    def join(self, symbol: str | None, send: Send, close: Close, *, compact: bool = False,
+             address: str | None = None) -> Page | None:
+        """A new page (not yet started: start it once the socket is accepted), or None when the process has
+        its LIVE_MAX_CONNECTIONS pages already, or `address` its LIVE_MAX_CONNECTIONS_PER_ADDRESS (counted)."""
         if self.stats.pages >= self.config.max_pages:
             self.stats.refused += 1
             return None
-        page = Page(symbol, compact, send, close, limit=self.config.queue_frames, backlog=self._backlog)
+        if address is not None and self._by_address[address] >= self.config.max_pages_per_address:
+            self.stats.refused_address += 1
+            return None
+        page = Page(symbol, compact, send, close, limit=self.config.queue_frames, backlog=self._backlog,
+                    address=address)
+        if address is not None:
+            self._by_address[address] += 1
         self._pages.setdefault((symbol, compact), set()).add(page)
         self.stats.pages += 1
         self.stats.joined += 1
@@ -164,6 +175,10 @@ class Hub:
         pages.discard(page)
         if not pages:
             del self._pages[key]
+        if page.address is not None:
+            self._by_address[page.address] -= 1
+            if not self._by_address[page.address]:
+                del self._by_address[page.address]
         self.stats.pages -= 1
         return True
 

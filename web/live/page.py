@@ -69,9 +69,10 @@ class Page:
     gets it queued, and its task sends it when the socket drains, in order."""
 
     def __init__(self, symbol: str | None, compact: bool, send: Send, close: Close, *, limit: int,
-                 backlog: Backlog | None = None) -> None:
+                 backlog: Backlog | None = None, address: str | None = None) -> None:
         self.symbol = symbol
         self.compact = compact
+        self.address = address  # the client's, as the web server saw it (the per-address cap counts them)
         self._send = send
         self._close = close
         self._limit = limit

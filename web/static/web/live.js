@@ -17,7 +17,7 @@ const UNITS = 100000000n;              // quantities are summed exactly, in unit
 
 const config = JSON.parse(document.getElementById("live-config").textContent);
 const books = {};                      // symbol -> its trades, candles and day
-let current = config.symbols[0];
+let current = config.chosen || config.symbols[0];
 let interval = 60;
 
 const $ = (id) => document.getElementById(id);
